@@ -1,0 +1,1 @@
+"""Benchmarks: corruptions, datasets, protocols, metrics, runner and the ``tta`` command line."""
