@@ -1,0 +1,115 @@
+"""TTAMethod: the template every adaptation method fills in (adapt_step), with exact snapshot/reset."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from adapters_bn import freeze_statistics
+
+__all__ = ["TTAMethod", "check_batch"]
+
+
+def check_batch(x: Tensor, ndim: int | None = 4) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` for input that no method can adapt on.
+
+    Args:
+        x: The input batch.
+        ndim: Expected number of dimensions (4 for ``(B, C, H, W)`` images); ``None`` skips the check.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected a torch.Tensor batch, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point batch, got dtype {x.dtype}; convert images with x.float() / 255")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"expected a {ndim}-D batch (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("empty batch: nothing to predict or adapt on")
+    if not torch.isfinite(x).all():
+        raise ValueError("batch contains NaN or Inf values; refusing to adapt on it")
+
+
+class TTAMethod(nn.Module):
+    """Base of all methods: ``forward`` predicts and adapts, ``reset`` restores the source state exactly.
+
+    Subclasses implement :meth:`adapt_step` (one update on ``x``, returning logits), register their
+    optimizers in ``self.optimizers`` and call :meth:`snapshot` at the end of ``__init__``. All state
+    lives in parameters, buffers and optimizer state, so the snapshot is complete. The wrapped model
+    is put in ``eval()`` (dropout off); normalization modes are set explicitly by each method.
+    """
+
+    uses_grad: ClassVar[bool] = False
+
+    def __init__(
+        self, model: nn.Module, *, steps: int = 1, episodic: bool = False, input_ndim: int | None = 4
+    ) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.model = model.eval()
+        self.steps = steps
+        self.episodic = episodic
+        self.input_ndim = input_ndim
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self._frozen = False
+        self._snapshot: tuple[dict[str, Tensor], list[dict[str, Any]]] | None = None
+
+    def adapt_step(self, x: Tensor) -> Tensor:
+        """Run one adaptation step on ``x`` and return logits (each method documents which forward)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement adapt_step")
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Return logits of the current state without adapting (used inside :meth:`frozen`)."""
+        return self.model(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Predict on ``x`` and adapt on it: episodic reset, then ``steps`` adaptation steps."""
+        check_batch(x, self.input_ndim)
+        if self._frozen:
+            with torch.no_grad():
+                return self.predict(x)
+        if self.episodic:
+            self.reset()
+        if self.uses_grad and torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{type(self).__name__} adapts by gradient steps, which torch.inference_mode() forbids; "
+                "call it under torch.no_grad() or no context instead, or use adapter.frozen() to predict only"
+            )
+        with torch.enable_grad() if self.uses_grad else torch.no_grad():
+            for _ in range(self.steps):
+                logits = self.adapt_step(x)
+        return logits.detach()
+
+    def snapshot(self) -> None:
+        """Capture the current state (parameters, buffers, optimizer states) as the reset point."""
+        state = {k: v.detach().clone() for k, v in self.state_dict(keep_vars=True).items()}
+        self._snapshot = (state, [copy.deepcopy(opt.state_dict()) for opt in self.optimizers])
+
+    def reset(self) -> None:
+        """Restore the state captured by :meth:`snapshot`, bit for bit."""
+        if self._snapshot is None:
+            raise RuntimeError(f"{type(self).__name__} has no snapshot: call self.snapshot() in __init__")
+        state, optimizer_states = self._snapshot
+        self.load_state_dict(state)
+        for opt, opt_state in zip(self.optimizers, optimizer_states):
+            opt.load_state_dict(copy.deepcopy(opt_state))  # deep copy: the optimizer would alias it
+
+    @contextmanager
+    def frozen(self) -> Iterator[TTAMethod]:
+        """Within the block, ``forward`` predicts with the current state and changes nothing."""
+        previous, self._frozen = self._frozen, True
+        try:
+            with freeze_statistics(self.model):
+                yield self
+        finally:
+            self._frozen = previous
+
+    @classmethod
+    def from_model(cls, model: nn.Module, **kwargs: Any) -> TTAMethod:
+        """Build the method on ``model`` with its standard recipe."""
+        raise NotImplementedError(f"{cls.__name__} must implement from_model")

@@ -1,0 +1,83 @@
+"""Norm: adapt BatchNorm statistics to the test data, forward only (no gradients, no labels).
+
+Statistics modes (see :class:`adapters_bn.AdaptiveBatchNorm`):
+
+- ``batch``: test-batch statistics. This is Tent's ``norm`` baseline (BN layers in training mode,
+  normalizing each batch by its own statistics) and test-time normalization of Nado et al. /
+  Schneider et al. with ``N = 0``.
+- ``mix``: alpha-BN, ``prior * source + (1 - prior) * batch`` (Schneider et al., NeurIPS 2020 use
+  ``prior = N / (N + n)``; You et al. 2021 call it alpha). ``prior=0`` equals ``batch``.
+- ``ema``: target running statistics updated with ``momentum`` per batch, for streams and small
+  batches; they persist across batches until ``reset``.
+
+Reference: Schneider et al., "Improving robustness against common corruptions by covariate shift
+adaptation", NeurIPS 2020 (arXiv:2006.16971); Wang et al., "Tent", ICLR 2021 (norm baseline).
+Adapted from: DequanWang/tent ``norm.py`` (MIT), behaviour only.
+
+Differences from the reference implementation:
+- The model stays in ``eval()``: Tent's code switches BN layers to ``train()``; the normalization
+  is the same, but our running statistics keep the *source* values untouched.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from adapters_bn import BNStats, adapt_batchnorm, iter_adaptive
+from tta.base import TTAMethod
+from tta.registry import register_adapter
+
+__all__ = ["Norm"]
+
+
+@register_adapter("norm")
+class Norm(TTAMethod):
+    """Test-time BatchNorm statistics: the model's BN layers normalize with target statistics.
+
+    Returns the logits of the forward that used (and, in ``ema`` mode, updated) the statistics.
+    """
+
+    def __init__(self, model: nn.Module, *, episodic: bool = False, input_ndim: int | None = 4) -> None:
+        super().__init__(model, episodic=episodic, input_ndim=input_ndim)
+        if not any(iter_adaptive(self.model)):
+            raise ValueError(
+                "Norm needs a model converted with adapters_bn.adapt_batchnorm; "
+                "use Norm.from_model(model) to convert it"
+            )
+        self.snapshot()
+
+    def adapt_step(self, x: Tensor) -> Tensor:
+        """Forward with target statistics; returns those logits."""
+        return self.model(x)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        *,
+        stats: BNStats = "batch",
+        momentum: float = 0.1,
+        prior: float = 0.0,
+        episodic: bool = False,
+        input_ndim: int | None = 4,
+    ) -> Norm:
+        """Convert ``model``'s BatchNorm layers to the given statistics mode (in place) and wrap it.
+
+        Args:
+            model: A model with BatchNorm layers (LayerNorm/GroupNorm have no statistics to adapt).
+            stats: ``batch``, ``mix`` or ``ema`` (``source`` is allowed and equals the source model).
+            momentum: EMA momentum for ``ema`` mode.
+            prior: Weight of the source statistics in ``mix`` mode (alpha-BN), in [0, 1].
+            episodic: Reset before every batch.
+            input_ndim: Expected input rank (4 for images); ``None`` skips the check.
+
+        Raises:
+            ValueError: if the model has no BatchNorm layer with running statistics.
+        """
+        model = adapt_batchnorm(model, stats=stats, momentum=momentum, prior=prior)
+        if not any(iter_adaptive(model)):
+            raise ValueError(
+                f"{type(model).__name__} has no BatchNorm layer with running statistics; 'norm' adapts "
+                "BatchNorm statistics only. For LayerNorm/GroupNorm models use 'tent' (affine parameters)."
+            )
+        return cls(model, episodic=episodic, input_ndim=input_ndim)

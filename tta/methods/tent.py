@@ -1,0 +1,134 @@
+"""Tent: test entropy minimization over the normalization layers' affine parameters.
+
+Each batch: normalize with test-batch statistics, predict, minimize the mean prediction entropy
+with one optimizer step on the affine (scale and shift) parameters of the normalization layers;
+everything else stays frozen. The returned logits are those of the forward used for the update
+(the pre-update forward), as in the official code.
+
+Reference: Wang et al., "Tent: Fully Test-Time Adaptation by Entropy Minimization", ICLR 2021
+(arXiv:2006.10726).
+Adapted from: DequanWang/tent ``tent.py`` and ``cfgs`` (MIT), behaviour only.
+
+Defaults: Adam, lr 1e-3, betas (0.9, 0.999), no weight decay, one step per batch (the official
+CIFAR-10-C config); ``optimizer="sgd"`` gives the ImageNet-C setting of the paper: SGD, lr 2.5e-4,
+momentum 0.9, Nesterov, no weight decay, dampening 0.
+
+Differences from the reference implementation:
+- Normalization layers of every kind adapt: BatchNorm (1d/2d/3d/Sync/Frozen) with batch statistics,
+  and LayerNorm/GroupNorm affine parameters (the official code handles BatchNorm2d only).
+- The model stays in ``eval()`` while BN layers use batch statistics explicitly; the official code
+  calls ``model.train()``, which would also switch on dropout in models that have it.
+- Source running statistics are kept (the official code sets them to ``None``), so ``reset`` and
+  export can use them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from adapters_bn import adapt_batchnorm
+from tta.base import TTAMethod
+from tta.losses import softmax_entropy
+from tta.params import norm_affine_parameters, requires_grad_only
+from tta.registry import register_adapter
+
+__all__ = ["Tent", "configure_model", "collect_params", "build_optimizer"]
+
+_DEFAULT_LR = {"adam": 1e-3, "sgd": 2.5e-4}
+
+
+def configure_model(model: nn.Module) -> nn.Module:
+    """Mode: BN layers use test-batch statistics; only norm affine parameters require gradients."""
+    model = adapt_batchnorm(model, stats="batch")
+    names = [name for name, _ in norm_affine_parameters(model)]
+    if not names:
+        raise ValueError(
+            f"Tent needs normalization layers with affine parameters (BatchNorm, LayerNorm or GroupNorm); "
+            f"{type(model).__name__} has none. Use 'source', or a model with normalization layers."
+        )
+    return requires_grad_only(model.eval(), names)
+
+
+def collect_params(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters: the affine weight and bias of every normalization layer."""
+    return [param for _, param in norm_affine_parameters(model)]
+
+
+def build_optimizer(
+    params: list[nn.Parameter],
+    optimizer: Literal["adam", "sgd"],
+    lr: float | None,
+    momentum: float,
+    weight_decay: float,
+) -> torch.optim.Optimizer:
+    """Update: the optimizer of Tent's configs (Adam for CIFAR, Nesterov SGD for ImageNet)."""
+    lr = _DEFAULT_LR[optimizer] if lr is None else lr
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    if optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, dampening=0.0, weight_decay=weight_decay, nesterov=True
+        )
+    raise ValueError(f"unknown optimizer {optimizer!r}; choose 'adam' or 'sgd'")
+
+
+@register_adapter("tent")
+class Tent(TTAMethod):
+    """Tent on a configured model and its optimizer (see :meth:`from_model` for the standard recipe)."""
+
+    uses_grad = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        steps: int = 1,
+        episodic: bool = False,
+        input_ndim: int | None = 4,
+    ) -> None:
+        super().__init__(model, steps=steps, episodic=episodic, input_ndim=input_ndim)
+        self.optimizer = optimizer
+        self.optimizers = [optimizer]
+        self.snapshot()
+
+    def adapt_step(self, x: Tensor) -> Tensor:
+        """Objective and update: one entropy-minimization step; returns the pre-update logits."""
+        logits = self.model(x)
+        loss = softmax_entropy(logits).mean(0)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return logits
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        *,
+        optimizer: Literal["adam", "sgd"] = "adam",
+        lr: float | None = None,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        steps: int = 1,
+        episodic: bool = False,
+        input_ndim: int | None = 4,
+    ) -> Tent:
+        """Configure ``model`` (in place) and build Tent with the official optimizer settings.
+
+        Args:
+            model: Any classifier with BatchNorm, LayerNorm or GroupNorm layers.
+            optimizer: ``adam`` (CIFAR-10-C config) or ``sgd`` (ImageNet-C setting of the paper).
+            lr: Learning rate; ``None`` takes 1e-3 for Adam and 2.5e-4 for SGD.
+            momentum: SGD momentum (Nesterov).
+            weight_decay: L2 penalty (0 in every official config).
+            steps: Optimization steps per batch (1 in the official configs).
+            episodic: Reset to the source state before every batch.
+            input_ndim: Expected input rank (4 for images); ``None`` skips the check.
+        """
+        model = configure_model(model)
+        opt = build_optimizer(collect_params(model), optimizer, lr, momentum, weight_decay)
+        return cls(model, opt, steps=steps, episodic=episodic, input_ndim=input_ndim)
