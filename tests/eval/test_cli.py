@@ -1,0 +1,112 @@
+"""The ``tta`` command in-process: bench on a synthetic Fashion-MNIST folder, resume, interrupt, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval.bench
+from eval.cli import main
+from eval.datasets.fashion_mnist import write_idx
+from eval.models import fmnist_resnet, save_checkpoint
+from eval.results import Results, ResultsStore
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path: Path) -> Path:
+    """Write a 48-image synthetic Fashion-MNIST test split in IDX format."""
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    g = torch.Generator().manual_seed(0)
+    write_idx(root / "t10k-images-idx3-ubyte.gz", torch.randint(0, 256, (48, 28, 28), generator=g, dtype=torch.uint8))
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", torch.randint(0, 10, (48,), generator=g, dtype=torch.uint8))
+    return root
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = fmnist_resnet(width=4)
+    record = {"state_dict": model.state_dict(), "arch": "fmnist_resnet", "arch_kwargs": {"width": 4},
+              "clean_test_accuracy": 0.0, "train_config": {}, "torch_version": torch.__version__}
+    return save_checkpoint(tmp_path / "model.pt", record)
+
+
+def _bench_args(fmnist_dir: Path, checkpoint: Path, results: Path, *extra: str) -> list[str]:
+    return ["bench", "--data-root", str(fmnist_dir), "--checkpoint", str(checkpoint), "--results", str(results),
+            "--methods", "source,norm", "--corruptions", "gaussian_noise,contrast", "--batch-size", "16", *extra]
+
+
+def test_bench_prints_table_and_stores_every_cell(fmnist_dir, checkpoint, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "table.json"
+    assert main(_bench_args(fmnist_dir, checkpoint, tmp_path / "r.sqlite", "--out", str(out))) == 0
+    table = capsys.readouterr().out
+    assert "| source" in table and "| norm" in table and "gaussian_noise" in table and "mean" in table
+    records = Results.from_json(out.read_text())
+    assert len(records) == 4 and all(r.n == 48 for r in records)
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        assert len(store.records()) == 4
+
+
+def test_rerun_resumes_without_recomputing(fmnist_dir, checkpoint, tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    args = _bench_args(fmnist_dir, checkpoint, tmp_path / "r.sqlite")
+    assert main(args) == 0
+    calls = []
+    monkeypatch.setattr(eval.bench, "run_benchmark", lambda *a, **k: calls.append(1))
+    assert main(args) == 0
+    assert calls == []
+    assert "resuming: 4 cell(s)" in capsys.readouterr().err
+
+
+def test_interrupted_run_keeps_finished_cells_and_rerun_completes(fmnist_dir, checkpoint, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    args = _bench_args(fmnist_dir, checkpoint, tmp_path / "r.sqlite")
+    real_run = eval.bench.run_benchmark
+    units = []
+
+    def interrupt_third(*a, **k):  # type: ignore[no-untyped-def]
+        units.append(1)
+        if len(units) == 3:
+            raise KeyboardInterrupt
+        return real_run(*a, **k)
+
+    monkeypatch.setattr(eval.bench, "run_benchmark", interrupt_third)
+    assert main(args) == 130
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        assert len(store.records()) == 2
+    units.clear()
+    monkeypatch.setattr(eval.bench, "run_benchmark", lambda *a, **k: (units.append(1), real_run(*a, **k))[1])
+    assert main(args) == 0
+    assert len(units) == 2
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        assert len(store.records()) == 4
+
+
+def test_method_options_reach_the_method_and_are_checked(fmnist_dir, checkpoint, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    base = _bench_args(fmnist_dir, checkpoint, tmp_path / "r.sqlite")
+    assert main([*base, "--option", "norm.stats=ema", "--option", "norm.momentum=0.2"]) == 0
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        options = {r.key.options for r in store.records(method="norm")}
+    assert options == {'{"momentum":0.2,"stats":"ema"}'}
+    assert main([*base, "--option", "norm.lr=1"]) == 2
+    assert "norm has no option 'lr'" in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(checkpoint, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(_bench_args(tmp_path / "nowhere", checkpoint, tmp_path / "r.sqlite")) == 2
+    err = capsys.readouterr().err
+    assert "tta: error:" in err and "TTA_FASHION_MNIST" in err
+
+
+def test_unknown_method_is_a_clear_error(fmnist_dir, checkpoint, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    args = _bench_args(fmnist_dir, checkpoint, tmp_path / "r.sqlite")
+    args[args.index("source,norm")] = "source,tnet"
+    assert main(args) == 2
+    assert "unknown method" in capsys.readouterr().err
+
+
+def test_list_names_methods_and_corruptions(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "tent" in out and "gaussian_noise" in out and "episodic" in out
