@@ -1,0 +1,136 @@
+"""ImageNet-C corruptions as batched torch functions on float ``(B, C, H, W)`` images in [0, 1].
+
+Every corruption has the signature ``name(x, severity, *, generator=None) -> Tensor``, runs on
+the device of ``x`` and follows the reference implementation (hendrycks/robustness
+``ImageNet-C/create_c/make_imagenet_c.py``, packaged as bethgelab's ``imagecorruptions``) with
+its severity constants. Unlike the reference, which corrupts one uint8 PIL image at a time,
+these work on float batches without rounding to uint8 between steps (only jpeg_compression
+quantises, as JPEG must). The registry maps names to functions; subsets are named lists.
+
+Example:
+    >>> x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    >>> y = corrupt(x, "gaussian_noise", 3, generator=torch.Generator().manual_seed(1))
+    >>> y.shape, bool(y.min() >= 0), bool(y.max() <= 1)
+    (torch.Size([4, 1, 28, 28]), True, True)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from eval.corruptions._validate import Corruption
+from eval.corruptions.blur import defocus_blur
+from eval.corruptions.digital import brightness, contrast, jpeg_compression, pixelate
+from eval.corruptions.noise import gaussian_noise, impulse_noise, shot_noise
+
+__all__ = [
+    "CORRUPTIONS",
+    "DEFAULT_CORRUPTIONS",
+    "Corruption",
+    "CorruptionSubset",
+    "brightness",
+    "contrast",
+    "corrupt",
+    "defocus_blur",
+    "gaussian_noise",
+    "get_corruption",
+    "impulse_noise",
+    "jpeg_compression",
+    "list_corruptions",
+    "pixelate",
+    "shot_noise",
+]
+
+CorruptionSubset = Literal["common", "holdout", "noise", "blur", "weather", "digital", "all", "available"]
+
+# ImageNet-C's four categories of the 15 benchmark corruptions, in the benchmark's order.
+_NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
+_BLUR = ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur")
+_WEATHER = ("snow", "frost", "fog", "brightness")
+_DIGITAL = ("contrast", "elastic_transform", "pixelate", "jpeg_compression")
+_COMMON = _NOISE + _BLUR + _WEATHER + _DIGITAL
+# The four extra corruptions kept for tuning hyperparameters (DequanWang/tent#4).
+_HOLDOUT = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+
+#: Implemented corruptions, name -> function.
+CORRUPTIONS: dict[str, Corruption] = {
+    "gaussian_noise": gaussian_noise,
+    "shot_noise": shot_noise,
+    "impulse_noise": impulse_noise,
+    "defocus_blur": defocus_blur,
+    "brightness": brightness,
+    "contrast": contrast,
+    "pixelate": pixelate,
+    "jpeg_compression": jpeg_compression,
+}
+
+_SUBSETS: dict[str, tuple[str, ...]] = {
+    "common": _COMMON,
+    "holdout": _HOLDOUT,
+    "noise": _NOISE,
+    "blur": _BLUR,
+    "weather": _WEATHER,
+    "digital": _DIGITAL,
+    "all": _COMMON + _HOLDOUT,
+    "available": tuple(name for name in _COMMON + _HOLDOUT if name in CORRUPTIONS),
+}
+
+#: The implemented corruptions in the benchmark's order: what a default benchmark run uses.
+DEFAULT_CORRUPTIONS: tuple[str, ...] = _SUBSETS["available"]
+
+
+def list_corruptions(subset: CorruptionSubset = "common") -> list[str]:
+    """Return the corruption names of a named subset, in ImageNet-C's order.
+
+    Args:
+        subset: ``"common"`` (the 15 benchmark corruptions), ``"holdout"`` (speckle_noise,
+            gaussian_blur, spatter, saturate; for tuning), one category of the common 15
+            (``"noise"``, ``"blur"``, ``"weather"``, ``"digital"``), ``"all"`` (common + holdout),
+            or ``"available"`` (those implemented here).
+
+    Raises:
+        ValueError: Unknown subset.
+
+    Example:
+        >>> list_corruptions("noise")
+        ['gaussian_noise', 'shot_noise', 'impulse_noise']
+    """
+    if subset not in _SUBSETS:
+        raise ValueError(f"unknown corruption subset {subset!r}; choose one of {sorted(_SUBSETS)}")
+    return list(_SUBSETS[subset])
+
+
+def get_corruption(name: str) -> Corruption:
+    """Return the corruption function registered under ``name``.
+
+    Raises:
+        ValueError: ``name`` is not an ImageNet-C corruption, or is one not implemented yet.
+    """
+    if name in CORRUPTIONS:
+        return CORRUPTIONS[name]
+    available = list_corruptions("available")
+    if name in _SUBSETS["all"]:
+        raise ValueError(f"corruption {name!r} is not implemented yet; available: {available}")
+    raise ValueError(f"unknown corruption {name!r}; valid names: {list_corruptions('all')} (implemented: {available})")
+
+
+def corrupt(x: Tensor, name: str, severity: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """Apply the corruption ``name`` at ``severity`` to a batch of images.
+
+    Args:
+        x: Images in [0, 1], shape ``(B, C, H, W)`` with ``C`` 1 or 3, on any device.
+        name: A name from ``list_corruptions("available")``.
+        severity: ImageNet-C level, 1..5.
+        generator: Source of randomness for the noise corruptions, on the device of ``x``.
+
+    Returns:
+        The corrupted batch, clipped to [0, 1], same shape, dtype and device as ``x``.
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor, or ``severity`` not an int.
+        ValueError: Unknown or unimplemented ``name``, bad shape, values or severity.
+    """
+    return get_corruption(name)(x, severity, generator=generator)
