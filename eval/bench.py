@@ -56,8 +56,9 @@ class BenchSpec:
 
     @property
     def domains(self) -> list[Domain]:
-        """Domains in benchmark order: corruption-major, severities as given."""
-        return [Domain(c, s) for c in self.corruptions for s in self.severities]
+        """Domains in benchmark order: corruption-major, severities as given; ``clean`` once, at severity 0."""
+        domains = [Domain(c, 0 if c == "clean" else s) for c in self.corruptions for s in self.severities]
+        return list(dict.fromkeys(domains))
 
 
 def model_id(checkpoint: Path) -> str:

@@ -79,7 +79,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method keyword option, repeatable, e.g. tent.lr=0.001 or norm.stats=ema")
     p.add_argument("--corruptions", default="default",
-                   help="'default' (the 8 of the embedded benchmark), 'available', or a comma-separated list")
+                   help="'default' (the 8 of the embedded benchmark), 'available', or a comma-separated list; 'clean' adds the uncorrupted test set")
     p.add_argument("--severities", default="5", help="comma-separated severities in 1..5")
     p.add_argument("--protocol", default="episodic", choices=list_protocols(),
                    help="episodic: reset at each domain; continual: never reset")

@@ -110,3 +110,12 @@ def test_list_names_methods_and_corruptions(capsys) -> None:  # type: ignore[no-
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "tent" in out and "gaussian_noise" in out and "episodic" in out
+
+
+def test_clean_domain_runs_once_at_severity_zero(fmnist_dir, checkpoint, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    args = _bench_args(fmnist_dir, checkpoint, tmp_path / "r.sqlite")
+    args[args.index("gaussian_noise,contrast")] = "clean,contrast"
+    assert main([*args, "--severities", "3,5"]) == 0
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        domains = sorted({str(r.key.domain) for r in store.records()})
+    assert domains == ["clean", "contrast-3", "contrast-5"]
