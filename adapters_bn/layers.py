@@ -136,15 +136,25 @@ class AdaptiveBatchNorm(nn.Module):
     def _forward_batch(self, x: Tensor) -> Tensor:
         if not self.update_stats:
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        # momentum=1 makes the kernel write this batch's mean and unbiased variance into fresh
-        # tensors (autograd keeps them for backward, so they must not be the buffers we later overwrite).
-        mean, var = torch.zeros_like(self.running_mean), torch.ones_like(self.running_var)
+        # momentum=1 makes the kernel write this batch's mean and unbiased variance as the running
+        # statistics. When autograd records the call it keeps those tensors for backward, so they must
+        # then be fresh tensors, not the buffers we overwrite later.
+        records_graph = torch.is_grad_enabled() and (x.requires_grad or self._affine_requires_grad())
+        if records_graph:
+            mean, var = torch.zeros_like(self.running_mean), torch.ones_like(self.running_var)
+        else:
+            mean, var = self.running_mean, self.running_var
         out = F.batch_norm(x, mean, var, self.weight, self.bias, True, 1.0, self.eps)
         n = x.numel() // x.shape[1]
         with torch.no_grad():
-            self.running_mean.copy_(mean)
-            self.running_var.copy_(var * ((n - 1) / n))  # the biased variance that normalized this batch
+            if records_graph:
+                self.running_mean.copy_(mean)
+                self.running_var.copy_(var)
+            self.running_var.mul_((n - 1) / n)  # the biased variance that normalized this batch
         return out
+
+    def _affine_requires_grad(self) -> bool:
+        return self.weight is not None and (self.weight.requires_grad or self.bias.requires_grad)
 
     def _forward_mix(self, x: Tensor) -> Tensor:
         dims = [0] + list(range(2, x.dim()))
