@@ -21,13 +21,15 @@ def test_source_mode_equals_eval_batchnorm() -> None:
     assert torch.equal(AdaptiveBatchNorm(bn, stats="source")(x), bn(x))
 
 
-def test_batch_mode_equals_train_mode_batchnorm_exactly() -> None:
+@pytest.mark.parametrize("grad", [True, False])
+def test_batch_mode_equals_train_mode_batchnorm_exactly(grad: bool) -> None:
     bn = _bn()
     train_bn = nn.BatchNorm2d(4, track_running_stats=False).train()
     train_bn.load_state_dict({"weight": bn.weight, "bias": bn.bias}, strict=False)
     x = torch.randn(5, 4, 6, 6) * 3 + 2
     layer = AdaptiveBatchNorm(bn, stats="batch")
-    assert torch.equal(layer(x), train_bn(x))
+    with torch.set_grad_enabled(grad):
+        assert torch.equal(layer(x), train_bn(x))
     torch.testing.assert_close(layer.running_mean, x.mean(dim=(0, 2, 3)))
     torch.testing.assert_close(layer.running_var, x.var(dim=(0, 2, 3), correction=0))
 
