@@ -8,7 +8,17 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from eval.metrics import StreamingECE, StreamingError, error_rate, expected_calibration_error
+from eval.baselines import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS
+from eval.domains import Domain
+from eval.metrics import (
+    StreamingECE,
+    StreamingError,
+    error_rate,
+    expected_calibration_error,
+    mean_corruption_error,
+    negative_log_likelihood,
+    relative_mean_corruption_error,
+)
 
 
 def _logits_from_probs(rows: list[list[float]]) -> torch.Tensor:
@@ -139,3 +149,33 @@ def test_metric_rejects_float_labels() -> None:
 def test_ece_rejects_non_positive_bins() -> None:
     with pytest.raises(ValueError, match="n_bins must be a positive integer, got 0"):
         expected_calibration_error(torch.zeros(2, 3), torch.tensor([0, 1]), n_bins=0)
+
+
+def test_mean_corruption_error_worked_example() -> None:
+
+    # Two corruptions at severities 1 and 5: CE_c = (E_1 + E_5) / (A_1 + A_5); mCE = mean of the two.
+    errors = {Domain("fog", 1): 0.30, Domain("fog", 5): 0.50, Domain("snow", 5): 0.475, Domain("clean", 0): 0.1}
+    fog = ALEXNET_ERRORS["fog"]
+    expected = ((0.30 + 0.50) / (fog[0] + fog[4]) + 0.475 / ALEXNET_ERRORS["snow"][4]) / 2
+    assert abs(mean_corruption_error(errors) - expected) < 1e-12
+    assert abs(mean_corruption_error({Domain("fog", 5): 0.945}) - 1.0) < 1e-12  # AlexNet itself scores 100
+
+
+def test_relative_mean_corruption_error_and_holdout_refusal() -> None:
+
+    alex = {Domain("contrast", s): ALEXNET_ERRORS["contrast"][s - 1] for s in range(1, 6)}
+    assert abs(relative_mean_corruption_error(alex, ALEXNET_CLEAN_ERROR) - 1.0) < 1e-12
+    no_gap = {Domain("contrast", 5): 0.2}
+    assert relative_mean_corruption_error(no_gap, clean_error=0.2) == 0.0
+    with pytest.raises(ValueError, match="held-out"):
+        mean_corruption_error({Domain("spatter", 5): 0.5})
+    with pytest.raises(ValueError, match="at least one"):
+        mean_corruption_error({Domain("clean", 0): 0.1})
+
+
+def test_negative_log_likelihood_matches_hand_computation() -> None:
+
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    y = torch.tensor([0, 0])
+    expected = (-math.log(0.5) - math.log(0.75)) / 2
+    assert abs(negative_log_likelihood(logits, y).item() - expected) < 1e-6  # float32 logits
