@@ -1,0 +1,45 @@
+"""``tta report``: render tables (markdown with mCE, CSV, JSON) and PNG plots from a results store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from eval.commands.bench import DEFAULT_RESULTS
+from eval.commands.errors import CLIError
+from eval.report import markdown_report, plot_error_over_domains, plot_errors
+from eval.results import Results, ResultsStore
+
+NAME = "report"
+HELP = "render tables and plots from a results store"
+_FILTERS = ("method", "dataset", "protocol", "severity", "seed", "batch_size", "model")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the store, filters and output flags."""
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="SQLite results store")
+    p.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of error per domain and method")
+    p.add_argument("--plot-stream", type=Path, default=None,
+                   help="write a PNG line plot of error along the stream (continual protocols)")
+    for name in _FILTERS:
+        kind = int if name in ("severity", "seed", "batch_size") else str
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=f"keep only this {name}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the table in the chosen format and write the requested plots."""
+    if not args.results.is_file():
+        raise CLIError(f"no results store at {args.results}; run `tta bench --results {args.results}` first")
+    filters = {name: getattr(args, name) for name in _FILTERS if getattr(args, name) is not None}
+    with ResultsStore(args.results) as store:
+        results = Results(store.records(**filters))
+    if not results:
+        raise CLIError(f"no records in {args.results} match {filters or 'anything'}")
+    text = {"md": lambda: markdown_report(results), "csv": results.to_csv, "json": results.to_json}[args.format]()
+    print(text)
+    if args.plot is not None:
+        plot_errors(results, args.plot, title=f"error per domain ({args.results.name})")
+    if args.plot_stream is not None:
+        plot_error_over_domains(results, args.plot_stream, title="error along the stream")
+    return 0

@@ -1,0 +1,93 @@
+"""Reports from the results store: tables with mCE, and PNG plots (matplotlib, imported lazily)."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from eval.baselines import ALEXNET_ERRORS
+from eval.metrics import mean_corruption_error
+from eval.results import Record, Results
+
+__all__ = ["mce_by_method", "plot_errors", "plot_error_over_domains", "markdown_report"]
+
+
+def _method_label(record: Record) -> str:
+    options = record.key.options
+    return record.key.method if options in ("", "{}") else f"{record.key.method} {options}"
+
+
+def _errors_by_method(results: Results) -> dict[str, dict]:
+    table: dict[str, dict] = defaultdict(dict)
+    for record in results:
+        table[_method_label(record)][record.key.domain] = record.error
+    return table
+
+
+def mce_by_method(results: Results) -> dict[str, float]:
+    """Return mCE (AlexNet-normalized, fraction) per method over the corruptions that have normalizers."""
+    out = {}
+    for method, errors in _errors_by_method(results).items():
+        usable = {d: e for d, e in errors.items() if d.corruption in ALEXNET_ERRORS}
+        if usable:
+            out[method] = mean_corruption_error(usable)
+    return out
+
+
+def markdown_report(results: Results) -> str:
+    """Return the error table followed by an mCE table (AlexNet normalizers; a reference only for ImageNet-C)."""
+    lines = [results.to_markdown(), ""]
+    mce = mce_by_method(results)
+    if mce:
+        lines += ["| method | mCE (%) |", "|:--|--:|"] + [f"| {m} | {100 * v:.1f} |" for m, v in mce.items()]
+    return "\n".join(lines)
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError('plots need matplotlib: pip install "tta-plugin[report]"') from error
+    return plt
+
+
+def plot_errors(results: Results, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Write a grouped bar chart: error per domain (x) per method (bars)."""
+    plt = _pyplot()
+    table = _errors_by_method(results)
+    domains = list(dict.fromkeys(r.key.domain for r in results))
+    width = 0.8 / max(len(table), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.4 * len(domains) * max(len(table), 1)), 4.0))
+    for i, (method, errors) in enumerate(table.items()):
+        xs = [j + i * width for j in range(len(domains))]
+        ax.bar(xs, [100 * errors.get(d, float("nan")) for d in domains], width, label=method)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(domains))], [str(d) for d in domains], rotation=45, ha="right")
+    ax.set_ylabel("error (%)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_error_over_domains(results: Results, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Write a line plot of error along the stream's domain order (continual / gradual streams)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.0, 4.0))
+    for method, errors in _errors_by_method(results).items():
+        order = list(errors)
+        ax.plot(range(len(order)), [100 * errors[d] for d in order], marker="o", label=method)
+        ax.set_xticks(range(len(order)), [str(d) for d in order], rotation=45, ha="right")
+    ax.set_ylabel("error (%)")
+    ax.set_xlabel("domain, in stream order")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

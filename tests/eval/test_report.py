@@ -1,0 +1,53 @@
+"""``tta report`` and the report helpers: tables with mCE, plots written as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eval.cli import main
+from eval.domains import Domain
+from eval.report import markdown_report, mce_by_method
+from eval.results import CellKey, Record, Results, ResultsStore
+
+
+def _record(method: str, corruption: str, error: float) -> Record:
+    key = CellKey.build(method, {}, dataset="fmnist-c", model="m", protocol="continual",
+                        domain=Domain(corruption, 5), seed=0, batch_size=64)
+    return Record(key, error, 0.1, 100, 1.0)
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    path = tmp_path / "r.sqlite"
+    with ResultsStore(path) as store:
+        for method, scale in (("source", 1.0), ("norm", 0.5)):
+            store.put(_record(method, "fog", 0.945 * scale))
+            store.put(_record(method, "spatter", 0.3 * scale))
+    return path
+
+
+def test_mce_uses_alexnet_normalizers_and_skips_holdout(store_path: Path) -> None:
+    with ResultsStore(store_path) as store:
+        results = Results(store.records())
+    assert mce_by_method(results) == pytest.approx({"source": 1.0, "norm": 0.5})
+    assert "| norm | 50.0 |" in markdown_report(results)
+
+
+def test_report_command_prints_and_plots(store_path: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("matplotlib")
+    bars, line = tmp_path / "bars.png", tmp_path / "line.png"
+    args = ["report", "--results", str(store_path), "--plot", str(bars), "--plot-stream", str(line)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| source |" in out and "mCE" in out
+    for png in (bars, line):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["report", "--results", str(store_path), "--method", "norm", "--format", "csv"]) == 0
+    assert "source" not in capsys.readouterr().out
+
+
+def test_report_on_missing_store_is_clear(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["report", "--results", str(tmp_path / "none.sqlite")]) == 2
+    assert "run `tta bench" in capsys.readouterr().err
