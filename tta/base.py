@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -58,6 +60,17 @@ class TTAMethod(nn.Module):
         self.optimizers: list[torch.optim.Optimizer] = []
         self._frozen = False
         self._snapshot: tuple[dict[str, Tensor], list[dict[str, Any]]] | None = None
+        self._lock = threading.RLock()  # serializes adaptation across threads
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_lock", None)  # locks cannot be copied or pickled; a copy gets its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._lock = threading.RLock()
 
     def adapt_step(self, x: Tensor) -> Tensor:
         """Run one adaptation step on ``x`` and return logits (each method documents which forward)."""
@@ -68,8 +81,16 @@ class TTAMethod(nn.Module):
         return self.model(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Predict on ``x`` and adapt on it: episodic reset, then ``steps`` adaptation steps."""
+        """Predict on ``x`` and adapt on it: episodic reset, then ``steps`` adaptation steps.
+
+        Thread-safe: concurrent calls are serialized, so each sees the state left by a whole previous
+        call. A rejected batch (bad shape, dtype, NaN/Inf, empty) raises before any state changes.
+        """
         check_batch(x, self.input_ndim)
+        with self._lock:
+            return self._forward_locked(x)
+
+    def _forward_locked(self, x: Tensor) -> Tensor:
         if self._frozen:
             with torch.no_grad():
                 return self.predict(x)
@@ -94,10 +115,25 @@ class TTAMethod(nn.Module):
         """Restore the state captured by :meth:`snapshot`, bit for bit."""
         if self._snapshot is None:
             raise RuntimeError(f"{type(self).__name__} has no snapshot: call self.snapshot() in __init__")
-        state, optimizer_states = self._snapshot
-        self.load_state_dict(state)
-        for opt, opt_state in zip(self.optimizers, optimizer_states):
-            opt.load_state_dict(copy.deepcopy(opt_state))  # deep copy: the optimizer would alias it
+        with self._lock:
+            state, optimizer_states = self._snapshot
+            self.load_state_dict(state)
+            for opt, opt_state in zip(self.optimizers, optimizer_states):
+                opt.load_state_dict(copy.deepcopy(opt_state))  # deep copy: the optimizer would alias it
+
+    def save_state(self, path: str | os.PathLike[str]) -> None:
+        """Write the full adaptation state to ``path`` atomically (see :func:`tta.state.save_state`)."""
+        from tta.state import save_state
+
+        with self._lock:
+            save_state(self, path)
+
+    def load_state(self, path: str | os.PathLike[str]) -> None:
+        """Restore a state written by :meth:`save_state`, bit for bit (see :func:`tta.state.load_state`)."""
+        from tta.state import load_state
+
+        with self._lock:
+            load_state(self, path)
 
     @contextmanager
     def frozen(self) -> Iterator[TTAMethod]:
