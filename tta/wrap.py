@@ -8,18 +8,24 @@ from typing import Any
 from torch import nn
 
 from tta.base import TTAMethod
+from tta.guard import CollapseGuard
 from tta.registry import create_adapter
 
 __all__ = ["wrap"]
 
 
-def wrap(model: nn.Module, method: str = "norm", *, inplace: bool = False, **hparams: Any) -> TTAMethod:
+def wrap(
+    model: nn.Module, method: str = "norm", *, inplace: bool = False, production: bool = False, **hparams: Any
+) -> TTAMethod | CollapseGuard:
     """Return ``model`` wrapped by adaptation method ``method``, an ``nn.Module`` that predicts and adapts.
 
     Args:
         model: The deployed classifier; inputs as it expects them, logits ``(B, K)`` out.
         method: A name from :func:`tta.list_methods` (``source``, ``norm``, ``tent``, ...).
         inplace: Adapt ``model`` itself. By default a deep copy is adapted and ``model`` is untouched.
+        production: Guard the method against collapse (:class:`tta.guard.CollapseGuard`, policy
+            ``reset``): a frozen copy of ``model`` answers batches where adaptation collapsed. Off by
+            default so that benchmarks run each paper's method unmodified.
         **hparams: Keyword options of the method's ``from_model`` builder.
 
     Raises:
@@ -39,5 +45,7 @@ def wrap(model: nn.Module, method: str = "norm", *, inplace: bool = False, **hpa
         raise TypeError(f"tta.wrap expects a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, TTAMethod):
         raise TypeError("model is already wrapped; wrap the underlying model (adapter.model) instead")
+    source = copy.deepcopy(model) if production else None
     target = model if inplace else copy.deepcopy(model)
-    return create_adapter(method, target, **hparams)
+    adapter = create_adapter(method, target, **hparams)
+    return adapter if source is None else CollapseGuard(adapter, source)

@@ -1,0 +1,71 @@
+"""CollapseGuard: a collapsing Tent is caught; a healthy method is left alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tta
+from eval.datasets import CorruptedView, load_fashion_mnist
+from eval.models import load_source_model
+from tta.guard import CollapseGuard, marginal_entropy
+from tests.helpers import tiny_classifier
+
+
+def test_marginal_entropy_is_zero_for_one_class_and_log_k_for_uniform() -> None:
+    assert marginal_entropy(torch.tensor([[10.0, -10.0], [10.0, -10.0]])).item() < 1e-6
+    assert abs(marginal_entropy(torch.zeros(4, 8)).item() - torch.log(torch.tensor(8.0)).item()) < 1e-6
+
+
+def _stream_error(adapter: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    errors = []
+    for round_ in range(2):
+        for corruption in ("gaussian_noise", "contrast", "defocus_blur", "impulse_noise"):
+            for x, y in CorruptedView(images, labels, corruption, 5, batch_size=64, seed=round_):
+                errors.append((adapter(x).argmax(1) != y).float().mean().item())
+    return errors
+
+
+def test_guard_keeps_a_collapsing_tent_at_or_below_source() -> None:
+    try:
+        images, labels = load_fashion_mnist("test")
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    images, labels = images[:512], labels[:512]
+    model = load_source_model()
+    source = _stream_error(tta.wrap(model, "source"), images, labels)
+    plain = _stream_error(tta.wrap(model, "tent", lr=0.05), images, labels)
+    guarded_adapter = tta.wrap(model, "tent", lr=0.05, production=True)
+    guarded = _stream_error(guarded_adapter, images, labels)
+    half = len(source) // 2
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert mean(plain[half:]) > mean(source[half:]) + 0.05, "setup: plain Tent must collapse on this stream"
+    assert mean(guarded) <= mean(source)
+    assert mean(guarded[half:]) <= mean(source[half:])
+    assert isinstance(guarded_adapter, CollapseGuard) and guarded_adapter.events
+
+
+def test_guard_stays_quiet_when_adaptation_is_healthy(analytic, shifted) -> None:  # type: ignore[no-untyped-def]
+    x, _ = shifted
+    guard = tta.wrap(analytic, "norm", production=True)
+    for _ in range(5):
+        guard(x)
+    assert guard.events == []
+
+
+@pytest.mark.parametrize("policy", ["reset", "fallback", "freeze"])
+def test_policies_answer_with_source_and_act(policy: str) -> None:
+    model = tiny_classifier()
+    adapter = tta.wrap(model, "tent")
+    guard = CollapseGuard(adapter, model, policy=policy, min_diversity_ratio=0.99)
+    x = torch.rand(16, 3, 16, 16) * 3
+    adapter(x)  # move away from source
+    moved = {k: v.clone() for k, v in adapter.state_dict().items()}
+    out = guard(x)
+    if guard.events:
+        assert torch.equal(out, model(x))
+        changed = any(not torch.equal(v, adapter.state_dict()[k]) for k, v in moved.items())
+        assert changed
+        assert guard.stopped == (policy == "freeze")
+    with pytest.raises(ValueError, match="policy"):
+        CollapseGuard(adapter, model, policy="panic")  # type: ignore[arg-type]
