@@ -55,17 +55,28 @@ def test_guard_stays_quiet_when_adaptation_is_healthy(analytic, shifted) -> None
 
 @pytest.mark.parametrize("policy", ["reset", "fallback", "freeze"])
 def test_policies_answer_with_source_and_act(policy: str) -> None:
-    model = tiny_classifier()
-    adapter = tta.wrap(model, "tent")
-    guard = CollapseGuard(adapter, model, policy=policy, min_diversity_ratio=0.99)
+    source = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10)).eval()
+    collapsed = tiny_classifier()
+    with torch.no_grad():
+        collapsed[-1].bias[0] = 6.0  # nearly every prediction is class 0: low diversity, still trainable
+    adapter = tta.wrap(collapsed, "tent")
+    guard = CollapseGuard(adapter, source, policy=policy)
     x = torch.rand(16, 3, 16, 16) * 3
-    adapter(x)  # move away from source
+    adapter(x)  # move away from the snapshot, so a reset is visible
     moved = {k: v.clone() for k, v in adapter.state_dict().items()}
     out = guard(x)
-    if guard.events:
-        assert torch.equal(out, model(x))
-        changed = any(not torch.equal(v, adapter.state_dict()[k]) for k, v in moved.items())
-        assert changed
-        assert guard.stopped == (policy == "freeze")
+    assert len(guard.events) == 1 and guard.events[0].action == policy
+    assert torch.equal(out, source(x))
+    reset = all(torch.equal(v, adapter._snapshot[0][k]) for k, v in adapter.state_dict().items())
+    assert reset == (policy != "fallback")
+    if policy == "fallback":
+        assert any(not torch.equal(v, adapter.state_dict()[k]) for k, v in moved.items())
+    assert guard.stopped == (policy == "freeze")
+
+
+def test_bad_guard_options_raise() -> None:
+    model = tiny_classifier()
     with pytest.raises(ValueError, match="policy"):
-        CollapseGuard(adapter, model, policy="panic")  # type: ignore[arg-type]
+        CollapseGuard(tta.wrap(model, "tent"), model, policy="panic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_diversity_ratio"):
+        CollapseGuard(tta.wrap(model, "tent"), model, min_diversity_ratio=1.5)
