@@ -101,10 +101,35 @@ class TTAMethod(nn.Module):
                 f"{type(self).__name__} adapts by gradient steps, which torch.inference_mode() forbids; "
                 "call it under torch.no_grad() or no context instead, or use adapter.frozen() to predict only"
             )
-        with torch.enable_grad() if self.uses_grad else torch.no_grad():
-            for _ in range(self.steps):
-                logits = self.adapt_step(x)
+        self._check_against_model(x)
+        saved = [buffer.clone() for buffer in self.buffers()]
+        try:
+            with torch.enable_grad() if self.uses_grad else torch.no_grad():
+                for _ in range(self.steps):
+                    logits = self.adapt_step(x)
+        except Exception as error:
+            with torch.no_grad():  # a batch rejected half-way must leave no statistics behind
+                for buffer, value in zip(self.buffers(), saved):
+                    buffer.copy_(value)
+            if type(error) is RuntimeError:  # torch's own message, from deep inside the model
+                raise ValueError(
+                    f"{type(self).__name__}: the model rejected a batch of shape {tuple(x.shape)} and dtype "
+                    f"{x.dtype}; nothing was adapted. The model said: {error}"
+                ) from error
+            raise
         return logits.detach()
+
+    def _check_against_model(self, x: Tensor) -> None:
+        param = next(self.model.parameters(), None)
+        if param is None:
+            return
+        if param.device != x.device:
+            raise ValueError(f"batch is on {x.device} but the model is on {param.device}; move one with .to()")
+        if x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"batch is {x.dtype} but the model's parameters are {param.dtype}; convert with "
+                f"x.to({param.dtype}) or call inside torch.autocast"
+            )
 
     def snapshot(self) -> None:
         """Capture the current state (parameters, buffers, optimizer states) as the reset point."""
