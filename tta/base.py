@@ -107,6 +107,11 @@ class TTAMethod(nn.Module):
             with torch.enable_grad() if self.uses_grad else torch.no_grad():
                 for _ in range(self.steps):
                     logits = self.adapt_step(x)
+            if not torch.isfinite(logits).all():
+                raise ValueError(
+                    f"{type(self).__name__}: the model's logits are not finite on this batch (values too large "
+                    f"for {x.dtype}?); the batch was rejected and nothing was adapted"
+                )
         except Exception as error:
             with torch.no_grad():  # a batch rejected half-way must leave no statistics behind
                 for buffer, value in zip(self.buffers(), saved):

@@ -99,6 +99,8 @@ class Tent(TTAMethod):
         """Objective and update: one entropy-minimization step; returns the pre-update logits."""
         logits = self.model(x)
         loss = softmax_entropy(logits).mean(0)
+        if not torch.isfinite(loss):  # never step on NaN: it would poison the parameters for good
+            raise ValueError("Tent: the entropy is not finite on this batch; the batch was rejected, nothing was adapted")
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
