@@ -20,6 +20,8 @@ Differences from the reference implementation:
   calls ``model.train()``, which would also switch on dropout in models that have it.
 - Source running statistics are kept (the official code sets them to ``None``), so ``reset`` and
   export can use them.
+- ``stats="ema"`` (off by default) normalizes with EMA target statistics instead of the batch's, for
+  batch-size-1 streams.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from adapters_bn import adapt_batchnorm
+from adapters_bn import BNStats, adapt_batchnorm
 from tta.base import TTAMethod
 from tta.losses import softmax_entropy
 from tta.params import norm_affine_parameters, requires_grad_only
@@ -40,9 +42,9 @@ __all__ = ["Tent", "configure_model", "collect_params", "build_optimizer"]
 _DEFAULT_LR = {"adam": 1e-3, "sgd": 2.5e-4}
 
 
-def configure_model(model: nn.Module) -> nn.Module:
+def configure_model(model: nn.Module, stats: BNStats = "batch", momentum: float = 0.1) -> nn.Module:
     """Mode: BN layers use test-batch statistics; only norm affine parameters require gradients."""
-    model = adapt_batchnorm(model, stats="batch")
+    model = adapt_batchnorm(model, stats=stats, momentum=momentum)
     names = [name for name, _ in norm_affine_parameters(model)]
     if not names:
         raise ValueError(
@@ -117,6 +119,8 @@ class Tent(TTAMethod):
         weight_decay: float = 0.0,
         steps: int = 1,
         episodic: bool = False,
+        stats: BNStats = "batch",
+        bn_momentum: float = 0.1,
         input_ndim: int | None = 4,
     ) -> Tent:
         """Configure ``model`` (in place) and build Tent with the official optimizer settings.
@@ -129,8 +133,11 @@ class Tent(TTAMethod):
             weight_decay: L2 penalty (0 in every official config).
             steps: Optimization steps per batch (1 in the official configs).
             episodic: Reset to the source state before every batch.
+            stats: BN statistics: ``batch`` (the paper) or ``ema`` for batch-size-1 streams, where one
+                image's statistics are too noisy (a deviation from the paper, off by default).
+            bn_momentum: EMA momentum of the BN statistics when ``stats="ema"``.
             input_ndim: Expected input rank (4 for images); ``None`` skips the check.
         """
-        model = configure_model(model)
+        model = configure_model(model, stats, bn_momentum)
         opt = build_optimizer(collect_params(model), optimizer, lr, momentum, weight_decay)
         return cls(model, opt, steps=steps, episodic=episodic, input_ndim=input_ndim)
