@@ -1,11 +1,16 @@
 """ImageNet-C corruptions as batched torch functions on float ``(B, C, H, W)`` images in [0, 1].
 
-Every corruption has the signature ``name(x, severity, *, generator=None) -> Tensor``, runs on
-the device of ``x`` and follows the reference implementation (hendrycks/robustness
+All 15 benchmark corruptions and the 4 held-out ones. Every corruption has the signature
+``name(x, severity, *, generator=None, table="auto") -> Tensor``, runs on the device of ``x``
+and follows the reference implementation (hendrycks/robustness
 ``ImageNet-C/create_c/make_imagenet_c.py``, packaged as bethgelab's ``imagecorruptions``) with
-its severity constants. Unlike the reference, which corrupts one uint8 PIL image at a time,
-these work on float batches without rounding to uint8 between steps (only jpeg_compression
-quantises, as JPEG must). The registry maps names to functions; subsets are named lists.
+its severity constants. Images whose shorter side is at most 64 pixels (CIFAR, Fashion-MNIST,
+Tiny-ImageNet) use the CIFAR-10-C constants of ``make_cifar_c.py`` instead; ``table=`` forces
+either (see :mod:`eval.corruptions._tables`). Unlike the reference, which corrupts one uint8
+PIL image at a time, these work on float batches without rounding to uint8 between steps
+(except where the reference's rounding is part of the effect: jpeg_compression, glass_blur,
+snow's flake layer, spatter's shading). The registry maps names to functions; subsets are
+named lists. Each module lists its deviations from the reference.
 
 Example:
     >>> x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -21,27 +26,50 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from eval.corruptions._tables import CIFAR_MAX_SIDE, TableName
 from eval.corruptions._validate import Corruption
-from eval.corruptions.blur import defocus_blur
-from eval.corruptions.digital import brightness, contrast, jpeg_compression, pixelate
-from eval.corruptions.noise import gaussian_noise, impulse_noise, shot_noise
+from eval.corruptions.blur import defocus_blur, gaussian_blur, glass_blur, motion_blur, zoom_blur
+from eval.corruptions.digital import (
+    brightness,
+    contrast,
+    elastic_transform,
+    jpeg_compression,
+    pixelate,
+    saturate,
+)
+from eval.corruptions.noise import gaussian_noise, impulse_noise, shot_noise, speckle_noise
+from eval.corruptions.spatter import spatter
+from eval.corruptions.weather import fog, frost, snow
 
 __all__ = [
+    "CIFAR_MAX_SIDE",
     "CORRUPTIONS",
     "DEFAULT_CORRUPTIONS",
     "Corruption",
     "CorruptionSubset",
+    "TableName",
     "brightness",
     "contrast",
     "corrupt",
     "defocus_blur",
+    "elastic_transform",
+    "fog",
+    "frost",
+    "gaussian_blur",
     "gaussian_noise",
     "get_corruption",
+    "glass_blur",
     "impulse_noise",
     "jpeg_compression",
     "list_corruptions",
+    "motion_blur",
     "pixelate",
+    "saturate",
     "shot_noise",
+    "snow",
+    "spatter",
+    "speckle_noise",
+    "zoom_blur",
 ]
 
 CorruptionSubset = Literal["common", "holdout", "noise", "blur", "weather", "digital", "all", "available"]
@@ -61,10 +89,21 @@ CORRUPTIONS: dict[str, Corruption] = {
     "shot_noise": shot_noise,
     "impulse_noise": impulse_noise,
     "defocus_blur": defocus_blur,
+    "glass_blur": glass_blur,
+    "motion_blur": motion_blur,
+    "zoom_blur": zoom_blur,
+    "snow": snow,
+    "frost": frost,
+    "fog": fog,
     "brightness": brightness,
     "contrast": contrast,
+    "elastic_transform": elastic_transform,
     "pixelate": pixelate,
     "jpeg_compression": jpeg_compression,
+    "speckle_noise": speckle_noise,
+    "gaussian_blur": gaussian_blur,
+    "spatter": spatter,
+    "saturate": saturate,
 }
 
 _SUBSETS: dict[str, tuple[str, ...]] = {
@@ -78,8 +117,8 @@ _SUBSETS: dict[str, tuple[str, ...]] = {
     "available": tuple(name for name in _COMMON + _HOLDOUT if name in CORRUPTIONS),
 }
 
-#: The implemented corruptions in the benchmark's order: what a default benchmark run uses.
-DEFAULT_CORRUPTIONS: tuple[str, ...] = _SUBSETS["available"]
+#: The 15 benchmark corruptions in ImageNet-C's order: what a default benchmark run uses.
+DEFAULT_CORRUPTIONS: tuple[str, ...] = _COMMON
 
 
 def list_corruptions(subset: CorruptionSubset = "common") -> list[str]:
@@ -117,20 +156,24 @@ def get_corruption(name: str) -> Corruption:
     raise ValueError(f"unknown corruption {name!r}; valid names: {list_corruptions('all')} (implemented: {available})")
 
 
-def corrupt(x: Tensor, name: str, severity: int, *, generator: torch.Generator | None = None) -> Tensor:
+def corrupt(
+    x: Tensor, name: str, severity: int, *, generator: torch.Generator | None = None, table: TableName = "auto"
+) -> Tensor:
     """Apply the corruption ``name`` at ``severity`` to a batch of images.
 
     Args:
         x: Images in [0, 1], shape ``(B, C, H, W)`` with ``C`` 1 or 3, on any device.
         name: A name from ``list_corruptions("available")``.
         severity: ImageNet-C level, 1..5.
-        generator: Source of randomness for the noise corruptions, on the device of ``x``.
+        generator: Source of randomness of the stochastic corruptions, on the device of ``x``.
+        table: Severity constants: ``"auto"`` (CIFAR-10-C's when the shorter side is at most
+            64 pixels, else ImageNet-C's), ``"imagenet"`` or ``"cifar"``.
 
     Returns:
         The corrupted batch, clipped to [0, 1], same shape, dtype and device as ``x``.
 
     Raises:
         TypeError: ``x`` is not a floating-point tensor, or ``severity`` not an int.
-        ValueError: Unknown or unimplemented ``name``, bad shape, values or severity.
+        ValueError: Unknown or unimplemented ``name``, bad shape, values, severity or table.
     """
-    return get_corruption(name)(x, severity, generator=generator)
+    return get_corruption(name)(x, severity, generator=generator, table=table)

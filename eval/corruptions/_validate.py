@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from eval.corruptions._tables import ResolvedTable, TableName, resolve_table
+
 __all__ = [
+    "CHUNK_ELEMENTS",
     "MIN_SIZE",
     "RANGE_TOLERANCE",
     "Corruption",
@@ -23,13 +27,25 @@ __all__ = [
 RANGE_TOLERANCE = 1e-3
 #: Smallest accepted height and width: pixelate at severity 5 still keeps 2 pixels per side.
 MIN_SIZE = 8
+#: Batches are corrupted in chunks of about this many values (2 MiB of float32: three 224-pixel
+#: RGB images), so that the intermediate tensors of the multi-step corruptions stay near the CPU
+#: caches and are recycled by the allocator instead of being mapped afresh for every step.
+CHUNK_ELEMENTS = 2**19
 _EXPECTED = "a float tensor (B, C, H, W) with C in {1, 3} and values in [0, 1]"
 
 
 class Corruption(Protocol):
     """The uniform signature of every corruption function."""
 
-    def __call__(self, x: Tensor, severity: int, *, generator: torch.Generator | None = None) -> Tensor: ...
+    def __call__(
+        self, x: Tensor, severity: int, *, generator: torch.Generator | None = None, table: TableName = "auto"
+    ) -> Tensor: ...
+
+
+class _Implementation(Protocol):
+    def __call__(
+        self, x: Tensor, severity: int, *, generator: torch.Generator | None, table: ResolvedTable
+    ) -> Tensor: ...
 
 
 def check_image(x: object, name: str = "corruption") -> None:
@@ -43,6 +59,13 @@ def check_image(x: object, name: str = "corruption") -> None:
         TypeError: ``x`` is not a floating-point tensor.
         ValueError: Wrong rank, channel count or size, NaN/Inf, or values outside [0, 1].
     """
+    _check_layout(x, name)
+    if x.numel() > 0:  # type: ignore[attr-defined]
+        _check_values(x, name)  # type: ignore[arg-type]
+
+
+def _check_layout(x: object, name: str) -> None:
+    """Raise unless ``x`` is a floating-point ``(B, C, H, W)`` tensor with C 1 or 3 and H, W large enough."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: expected {_EXPECTED}, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -53,19 +76,20 @@ def check_image(x: object, name: str = "corruption") -> None:
         raise ValueError(f"{name}: expected C = 1 (grayscale) or 3 (RGB), got C = {x.shape[1]}, shape {tuple(x.shape)}")
     if min(x.shape[-2:]) < MIN_SIZE:
         raise ValueError(f"{name}: expected H, W >= {MIN_SIZE}, got shape {tuple(x.shape)}")
-    if x.numel() > 0:
-        _check_values(x, name)
 
 
-def _check_values(x: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: input contains NaN or Inf; expected {_EXPECTED}")
+def _check_values(x: Tensor, name: str) -> tuple[float, float]:
+    """Raise unless the values are finite and in [0, 1] up to the tolerance; return (min, max)."""
+    # One pass: aminmax propagates NaN, and an infinity is out of range anyway.
     low, high = (float(v) for v in torch.aminmax(x))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name}: input contains NaN or Inf; expected {_EXPECTED}")
     if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
         raise ValueError(
             f"{name}: expected values in [0, 1], got [{low:.4g}, {high:.4g}]; "
             "undo any mean/std normalization (or divide uint8 images by 255) before corrupting"
         )
+    return low, high
 
 
 def check_severity(severity: object, name: str = "corruption") -> int:
@@ -96,25 +120,36 @@ def check_generator(generator: object, x: Tensor, name: str = "corruption") -> N
         )
 
 
-def validated(fn: Corruption) -> Corruption:
-    """Wrap a corruption with the shared checks, the empty-batch shortcut and the final clamp.
+def validated(fn: _Implementation) -> Corruption:
+    """Wrap a corruption with the shared checks, the table choice, chunking and the final clamp.
 
     The wrapped function receives a batch clamped to [0, 1] (float16/bfloat16 promoted to
-    float32) and a checked ``int`` severity; its result is clamped to [0, 1] and cast back to
-    the input dtype, as the reference clips every output.
+    float32), a checked ``int`` severity and the resolved table (``"imagenet"`` or ``"cifar"``,
+    see :mod:`eval.corruptions._tables`). Large batches are processed in chunks of about
+    :data:`CHUNK_ELEMENTS` values, in order and with the same generator, so the output does not
+    depend on the caller's batch size beyond the order of random draws. The result is clamped
+    to [0, 1] and cast back to the input dtype, as the reference clips every output.
     """
     name = getattr(fn, "__name__", "corruption")
 
     @functools.wraps(fn)
-    def wrapper(x: Tensor, severity: int, *, generator: torch.Generator | None = None) -> Tensor:
-        check_image(x, name)
+    def wrapper(
+        x: Tensor, severity: int, *, generator: torch.Generator | None = None, table: TableName = "auto"
+    ) -> Tensor:
+        _check_layout(x, name)
         level = check_severity(severity, name)
         check_generator(generator, x, name)
+        resolved = resolve_table(x, table, name)
         if x.shape[0] == 0:
             return x.clone()
-        work = x.clamp(0, 1)
-        if work.dtype in (torch.float16, torch.bfloat16):
-            work = work.float()
-        return fn(work, level, generator=generator).clamp(0, 1).to(x.dtype)
+        low, high = _check_values(x, name)
+        work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        if low < 0 or high > 1:  # only round-off within the tolerance is left to clamp
+            work = work.clamp(0, 1)
+        chunk = max(1, CHUNK_ELEMENTS // max(1, work[0].numel()))
+        parts = [fn(part, level, generator=generator, table=resolved) for part in work.split(chunk)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        out = out.clamp(0, 1) if out.data_ptr() == x.data_ptr() else out.clamp_(0, 1)
+        return out.to(x.dtype)
 
     return wrapper
