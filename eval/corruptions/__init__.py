@@ -42,6 +42,7 @@ from eval.corruptions.spatter import spatter
 from eval.corruptions.weather import fog, frost, snow
 
 __all__ = [
+    "ENGINE_VERSION",
     "CIFAR_MAX_SIDE",
     "CORRUPTIONS",
     "DEFAULT_CORRUPTIONS",
@@ -71,6 +72,10 @@ __all__ = [
     "speckle_noise",
     "zoom_blur",
 ]
+
+# Bumped whenever a corruption's output changes for the same input and seed; results stores key
+# their cells on it, so cells made by an older engine are recomputed rather than reused.
+ENGINE_VERSION = 2
 
 CorruptionSubset = Literal["common", "holdout", "noise", "blur", "weather", "digital", "all", "available"]
 
