@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 import tta
-from eval.corruptions import DEFAULT_CORRUPTIONS
+from eval.corruptions import DEFAULT_CORRUPTIONS, ENGINE_VERSION
 from eval.datasets import CorruptedView, load_fashion_mnist
 from eval.domains import Domain
+from eval.edge_runtime import RUNTIMES, Runtime, check_runtime_methods, export_for_runtime
 from eval.models import DEFAULT_CHECKPOINT, load_source_model
 from eval.protocols import StreamItem, get_protocol
 from eval.results import CellKey, Record, Results, ResultsStore
@@ -27,7 +28,7 @@ from eval.runner import CellStats, run_benchmark
 
 __all__ = ["BenchSpec", "run_bench", "plan_units", "model_id"]
 
-DATASET = "fmnist-c"
+DATASET = f"fmnist-c/corruptions-v{ENGINE_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,17 @@ class BenchSpec:
     checkpoint: Path = DEFAULT_CHECKPOINT
     data_root: Path | None = None
     device: str = "cpu"
+    runtime: Runtime = "torch"
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.methods) - set(tta.list_methods()))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; available: {tta.list_methods()}")
         get_protocol(self.protocol)
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {self.runtime!r}; choose one of {list(RUNTIMES)}")
+        if self.runtime == "onnx":
+            check_runtime_methods(self.methods)
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
 
@@ -96,7 +102,7 @@ def run_bench(
         on_start: Called once with ``(batches to run, cells already stored)`` (progress bars).
         on_batch: Called after every batch.
     """
-    model_name = model_id(spec.checkpoint)
+    model_name = model_id(spec.checkpoint) + ("" if spec.runtime == "torch" else f"+{spec.runtime}")
     source = load_source_model(spec.checkpoint).to(spec.device)
     images, labels = load_fashion_mnist("test", spec.data_root)
     units = [(m, {d: _key(spec, model_name, m, d) for d in ds}) for m, ds in plan_units(spec)]
@@ -125,9 +131,12 @@ def _run_unit(
                          limit=spec.limit, device=spec.device)
         for d in keys
     }
+    runner: nn.Module = adapter
+    if spec.runtime == "onnx":  # the unit's first batch traces the graph and checks its parity
+        runner = export_for_runtime(adapter, next(iter(loaders.values())).batch(0)[0])
 
     def write(domain: Domain, stats: CellStats) -> None:
         store.put(Record(keys[domain], stats.error, stats.ece, stats.n, stats.seconds))
 
     stream = get_protocol(spec.protocol).stream(loaders)
-    run_benchmark(adapter, stream, device=spec.device, on_cell=write, on_batch=on_batch)
+    run_benchmark(runner, stream, device=spec.device, on_cell=write, on_batch=on_batch)

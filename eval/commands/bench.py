@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method keyword option, repeatable, e.g. tent.lr=0.001 or norm.stats=ema")
     p.add_argument("--corruptions", default="default",
-                   help="'default' (the 8 of the embedded benchmark), 'available', or a comma-separated list; "
+                   help="'default' (the 15 common ImageNet-C corruptions), 'available' (all 19), or a comma-separated list; "
                         "'clean' adds the uncorrupted test set")
     p.add_argument("--severities", default="5", help="comma-separated severities in 1..5")
     p.add_argument("--protocol", default="episodic", choices=list_protocols(),
@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="source model checkpoint")
     p.add_argument("--data-root", type=Path, default=None, help="Fashion-MNIST IDX folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                   help="onnx: export each method (source frozen, norm adaptive) and score it in onnxruntime")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                    help="SQLite results store; finished cells are kept and skipped on rerun")
     p.add_argument("--out", type=Path, default=None, help="also write the table's records (.json, .csv or .md)")
@@ -73,6 +75,7 @@ def build_spec(args: argparse.Namespace) -> BenchSpec:
         corruptions=tuple(_corruption_list(args.corruptions)), severities=severities,
         protocol=args.protocol, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
         checkpoint=args.checkpoint, data_root=args.data_root, device=resolve_device(args.device),
+        runtime=args.runtime,
     )
 
 
@@ -85,7 +88,10 @@ def write_results(results: Results, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the markdown table; 130 when interrupted (finished cells are kept)."""
-    spec = build_spec(args)
+    try:
+        spec = build_spec(args)
+    except ImportError as error:  # --runtime onnx without the onnx extra
+        raise CLIError(str(error)) from None
     bar = progress_bar("bench", "batch")
 
     def on_start(total: int, stored: int) -> None:
