@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from eval.bench import BenchSpec, run_bench
+from eval.suites import SuiteSpec
 from eval.datasets import CorruptedView, load_fashion_mnist
 from eval.models import ARCH, load_source_model, save_checkpoint
 from eval.results import ResultsStore
@@ -242,9 +243,8 @@ def run_arm(
 def evaluate_checkpoint(checkpoint: str | os.PathLike[str], corruption: str, severity: int, *,
                         data_root: str | os.PathLike[str] | None = None, limit: int | None = None) -> float:
     """Return the top-1 error of a classifier checkpoint on the corrupted test split, via the benchmark runner."""
-    spec = BenchSpec(methods=("source",), corruptions=(corruption,), severities=(severity,),
-                     checkpoint=Path(checkpoint), data_root=None if data_root is None else Path(data_root),
-                     limit=limit)
+    suite = SuiteSpec(checkpoint=Path(checkpoint), data_root=None if data_root is None else Path(data_root))
+    spec = BenchSpec(methods=("source",), corruptions=(corruption,), severities=(severity,), suite=suite, limit=limit)
     with tempfile.TemporaryDirectory() as tmp, ResultsStore(Path(tmp) / "results.sqlite") as store:
         (result,) = run_bench(spec, store)
     return result.error

@@ -102,3 +102,11 @@ def state_equal(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
 def clone_state(module: nn.Module) -> dict[str, Tensor]:
     """Return a detached deep copy of ``module.state_dict()``."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def tiny_rgb_classifier(num_classes: int = 10) -> nn.Module:
+    """Return a conv-BN classifier for any RGB size with ``num_classes`` outputs (architecture factory for tests)."""
+    return seeded(lambda: nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes),
+    ))

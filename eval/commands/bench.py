@@ -15,6 +15,7 @@ from eval.corruptions import DEFAULT_CORRUPTIONS, list_corruptions
 from eval.models import DEFAULT_CHECKPOINT
 from eval.protocols import list_protocols
 from eval.results import Results, ResultsStore
+from eval.suites import DATASETS, SuiteSpec
 
 NAME = "bench"
 HELP = "score methods on a corruption benchmark (default: Fashion-MNIST-C)"
@@ -23,7 +24,8 @@ DEFAULT_RESULTS = Path("results") / "tta-results.sqlite"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the bench flags; each maps 1:1 to a :class:`~eval.bench.BenchSpec` field."""
-    p.add_argument("--dataset", default="fmnist-c", choices=["fmnist-c"], help="benchmark dataset")
+    p.add_argument("--dataset", default="fmnist-c", choices=list(DATASETS),
+                   help="fmnist-c (built on the fly, shipped model) or a corrupted set on disk under --data-root")
     p.add_argument("--methods", default="source,norm,tent", help="comma-separated methods (see `tta list`)")
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method keyword option, repeatable, e.g. tent.lr=0.001 or norm.stats=ema")
@@ -36,8 +38,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0, help="seeds the corruptions")
     p.add_argument("--limit", type=int, default=None, help="use only the first N test images")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="source model checkpoint")
-    p.add_argument("--data-root", type=Path, default=None, help="Fashion-MNIST IDX folder")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="fmnist-c: source model checkpoint")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="fmnist-c: the IDX folder; cifar10-c/cifar100-c: the .npy folder; imagenet-c: the folder root")
+    p.add_argument("--model", default=None, help="architecture for on-disk datasets: torchvision name, "
+                   "timm/<name> or module:function")
+    p.add_argument("--weights", type=Path, default=None, help="local state_dict file of --model (never downloaded)")
+    p.add_argument("--mean", default=None, help="input mean inside the model, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", default=None, help="input std inside the model")
+    p.add_argument("--preprocess", default="res256crop224", choices=["res256crop224", "none"],
+                   help="imagenet-c: resize 256 + center-crop 224 (RobustBench/Tent/CoTTA), or the stored images")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="imagenet-c: first N images of each class (5 = the 5,000-image evaluation size)")
+    p.add_argument("--subset-file", type=Path, default=None,
+                   help="imagenet-c: text file of <wnid>/<image> lines to use (e.g. RobustBench's 5,000 ids)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (on-disk datasets)")
+    p.add_argument("--online-cost", default=None,
+                   help="online protocol: 'auto' or C >= 1; a method C times slower than inference adapts on "
+                        "one batch in ceil(C), the others are predicted without adapting")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
                    help="onnx: export each method (source frozen, norm adaptive) and score it in onnxruntime")
@@ -70,13 +88,27 @@ def build_spec(args: argparse.Namespace) -> BenchSpec:
         severities = tuple(int(s) for s in split_csv(args.severities))
     except ValueError:
         raise CLIError(f"--severities expects integers like 5 or 1,3,5, got {args.severities!r}") from None
+    suite = SuiteSpec(
+        dataset=args.dataset, data_root=args.data_root, checkpoint=args.checkpoint, arch=args.model,
+        weights=args.weights, mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"),
+        preprocess=args.preprocess, per_class=args.per_class, subset_file=args.subset_file, num_workers=args.workers,
+    )
+    online = args.online_cost if args.online_cost in (None, "auto") else _floats(args.online_cost, "--online-cost")[0]
     return BenchSpec(
         methods=tuple(methods), options=parse_options(args.option, methods),
         corruptions=tuple(_corruption_list(args.corruptions)), severities=severities,
         protocol=args.protocol, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
-        checkpoint=args.checkpoint, data_root=args.data_root, device=resolve_device(args.device),
-        runtime=args.runtime,
+        suite=suite, device=resolve_device(args.device), runtime=args.runtime, online_cost=online,
     )
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in split_csv(text))
+    except ValueError:
+        raise CLIError(f"{flag} expects comma-separated numbers, got {text!r}") from None
 
 
 def write_results(results: Results, path: Path) -> None:

@@ -1,0 +1,87 @@
+"""``tta bench`` on tiny on-disk replicas of the CIFAR-C and ImageNet-C layouts, and the online protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eval.cli import main
+from eval.results import ResultsStore
+from tests.helpers import tiny_rgb_classifier
+
+FACTORY = "tests.helpers:tiny_rgb_classifier"
+
+
+@pytest.fixture
+def cifar_root(tmp_path: Path) -> Path:
+    root = tmp_path / "CIFAR-10-C"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("fog", "contrast"):
+        np.save(root / f"{name}.npy", rng.integers(0, 256, (5 * 12, 8, 8, 3), dtype=np.uint8))
+    np.save(root / "labels.npy", np.tile(rng.integers(0, 10, 12), 5))
+    return root
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.pth"
+    torch.save(tiny_rgb_classifier(10).state_dict(), path)
+    return path
+
+
+def test_bench_on_cifar_c_layout(cifar_root: Path, weights: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    args = ["bench", "--dataset", "cifar10-c", "--data-root", str(cifar_root), "--model", FACTORY,
+            "--weights", str(weights), "--methods", "source,norm", "--corruptions", "fog,contrast",
+            "--severities", "2,5", "--batch-size", "5", "--results", str(tmp_path / "r.sqlite")]
+    assert main(args) == 0
+    assert "fog-2" in capsys.readouterr().out
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        records = store.records(dataset="cifar10-c")
+    assert len(records) == 8 and all(r.n == 12 for r in records)
+    assert all(r.key.model.startswith(f"{FACTORY}:tiny.pth@") for r in records)
+
+
+def test_bench_on_imagenet_c_layout_with_subset(weights: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ImageNet-C"
+    for wnid in ("n01", "n02"):
+        (root / "fog" / "5" / wnid).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16), (40 * i, 80, 120)).save(root / "fog" / "5" / wnid / f"{i}.JPEG")
+    torch.save(tiny_rgb_classifier(1000).state_dict(), weights)
+    args = ["bench", "--dataset", "imagenet-c", "--data-root", str(root), "--model", FACTORY, "--weights",
+            str(weights), "--methods", "source", "--corruptions", "fog", "--preprocess", "none", "--per-class", "2",
+            "--batch-size", "4", "--results", str(tmp_path / "r.sqlite")]
+    assert main(args) == 0
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        (record,) = store.records()
+    assert record.n == 4 and record.key.dataset == "imagenet-c/none/2perclass"
+
+
+def test_missing_domains_fail_before_any_work(cifar_root: Path, weights: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    args = ["bench", "--dataset", "cifar10-c", "--data-root", str(cifar_root), "--model", FACTORY,
+            "--weights", str(weights), "--corruptions", "fog,snow,frost", "--results", str(tmp_path / "r.sqlite")]
+    assert main(args) == 2
+    assert "frost.npy" in capsys.readouterr().err
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        assert store.records() == []
+
+
+def test_on_disk_dataset_needs_model_and_weights(cifar_root: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["bench", "--dataset", "cifar10-c", "--data-root", str(cifar_root),
+                 "--results", str(tmp_path / "r.sqlite")]) == 2
+    assert "--weights" in capsys.readouterr().err
+
+
+def test_online_protocol_is_recorded_apart(cifar_root: Path, weights: Path, tmp_path: Path) -> None:
+    base = ["bench", "--dataset", "cifar10-c", "--data-root", str(cifar_root), "--model", FACTORY,
+            "--weights", str(weights), "--methods", "tent", "--corruptions", "fog", "--batch-size", "4",
+            "--results", str(tmp_path / "r.sqlite")]
+    assert main(base) == 0 and main([*base, "--online-cost", "3"]) == 0
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        protocols = sorted(r.key.protocol for r in store.records())
+    assert protocols == ["episodic", "episodic+online:3.0"]
