@@ -2,8 +2,10 @@
 
 from tta import methods as _methods  # noqa: F401  (registers the built-in methods)
 from tta.base import TTAMethod, check_batch
-from tta.losses import softmax_entropy
-from tta.methods import Norm, Source, Tent
+from tta.export import export_onnx
+from tta.ema import ema_update_
+from tta.losses import soft_cross_entropy, softmax_entropy, symmetric_cross_entropy
+from tta.methods import CoTTA, LAME, Norm, Source, Tent
 from tta.params import count_trainable, norm_affine_parameters, requires_grad_only
 from tta.registry import adapter_options, create_adapter, list_adapters, register_adapter
 from tta.wrap import wrap
@@ -11,6 +13,8 @@ from tta.wrap import wrap
 list_methods = list_adapters
 
 __all__ = [
+    "CoTTA",
+    "LAME",
     "Norm",
     "Source",
     "TTAMethod",
@@ -19,11 +23,15 @@ __all__ = [
     "check_batch",
     "count_trainable",
     "create_adapter",
+    "ema_update_",
+    "export_onnx",
     "list_adapters",
     "list_methods",
     "norm_affine_parameters",
     "register_adapter",
     "requires_grad_only",
+    "soft_cross_entropy",
     "softmax_entropy",
+    "symmetric_cross_entropy",
     "wrap",
 ]

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from eval.domains import Domain
-from eval.protocols import Continual, ResetEachDomain, StreamItem, get_protocol, list_protocols
+from eval.protocols import (
+    ClassSorted,
+    Continual,
+    DirichletLabelShift,
+    ResetEachDomain,
+    StreamItem,
+    get_protocol,
+    list_protocols,
+)
 
 GAUSSIAN = Domain("gaussian_noise", 5)
 SHOT = Domain("shot_noise", 5)
@@ -93,9 +101,65 @@ def test_get_protocol_returns_instances_by_name() -> None:
 
 
 def test_list_protocols_names_every_protocol() -> None:
-    assert list_protocols() == ["continual", "episodic"]
+    assert list_protocols() == ["class-sorted", "continual", "dirichlet", "episodic"]
 
 
 def test_get_protocol_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="unknown protocol 'tent'; valid names are: continual, episodic"):
+    valid = "class-sorted, continual, dirichlet, episodic"
+    with pytest.raises(ValueError, match=f"unknown protocol 'tent'; valid names are: {valid}"):
         get_protocol("tent")
+
+
+def _labelled(domain_labels: list[int], batch_size: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Return batches whose images carry their sample's global index, so reordering can be traced."""
+    y = torch.tensor(domain_labels)
+    x = torch.arange(len(y), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
+
+
+LABELS = [3, 1, 0, 2, 1, 0, 3, 2, 0, 1, 2, 3, 1]
+
+
+def _flat(items: list[StreamItem]) -> tuple[list[int], list[int]]:
+    return (torch.cat([i.x[:, 0, 0, 0] for i in items]).long().tolist(), torch.cat([i.y for i in items]).tolist())
+
+
+def test_class_sorted_keeps_every_sample_in_label_order() -> None:
+    items = list(ClassSorted().stream({SHOT: _labelled(LABELS)}))
+    index, labels = _flat(items)
+    assert labels == sorted(LABELS) and sorted(index) == list(range(len(LABELS)))
+    assert [LABELS[i] for i in index] == labels  # images travel with their labels
+    assert [len(i.y) for i in items] == [4, 4, 4, 1] and [i.reset for i in items] == [True, False, False, False]
+
+
+def test_class_sorted_resets_per_domain_or_once() -> None:
+    loaders = {SHOT: _labelled(LABELS), FOG: _labelled(LABELS)}
+    assert sum(i.reset for i in ClassSorted().stream(loaders)) == 2
+    assert sum(i.reset for i in ClassSorted(reset_each_domain=False).stream(loaders)) == 1
+
+
+def test_dirichlet_keeps_every_sample_and_seeds_control_the_order() -> None:
+    labels = [c for c in range(4) for _ in range(25)]
+    order = {s: _flat(list(DirichletLabelShift(0.1, seed=s).stream({SHOT: _labelled(labels, 10)}))) for s in (0, 0, 1)}
+    index, streamed = order[0]
+    assert sorted(index) == list(range(100)) and [labels[i] for i in index] == streamed
+    assert order[0] != order[1]
+    assert order[0] == _flat(list(DirichletLabelShift(0.1, seed=0).stream({SHOT: _labelled(labels, 10)})))
+
+
+def test_dirichlet_small_concentration_clusters_labels() -> None:
+    labels = [c for _ in range(25) for c in range(4)]  # i.i.d.-like interleaving: a change at every step
+    def changes(concentration: float) -> int:
+        _, y = _flat(list(DirichletLabelShift(concentration, seed=0).stream({SHOT: _labelled(labels, 10)})))
+        return sum(a != b for a, b in zip(y, y[1:]))
+    assert changes(0.01) < 10 < changes(1000.0)
+
+
+def test_dirichlet_rejects_non_positive_concentration() -> None:
+    with pytest.raises(ValueError, match="concentration"):
+        DirichletLabelShift(0.0)
+
+
+def test_get_protocol_builds_the_label_shift_protocols() -> None:
+    assert isinstance(get_protocol("class-sorted"), ClassSorted)
+    assert isinstance(get_protocol("dirichlet"), DirichletLabelShift)

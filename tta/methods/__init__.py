@@ -1,7 +1,9 @@
 """Built-in methods: importing each module here is what registers it."""
 
+from tta.methods.cotta import CoTTA
+from tta.methods.lame import LAME
 from tta.methods.norm import Norm
 from tta.methods.source import Source
 from tta.methods.tent import Tent
 
-__all__ = ["Norm", "Source", "Tent"]
+__all__ = ["CoTTA", "LAME", "Norm", "Source", "Tent"]
