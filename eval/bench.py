@@ -144,7 +144,7 @@ def _run_unit(
     def write(domain: Domain, stats: CellStats) -> None:
         store.put(Record(keys[domain], stats.error, stats.ece, stats.n, stats.seconds))
 
-    stream = get_protocol(spec.protocol).stream(loaders)
+    stream = get_protocol(spec.protocol, seed=spec.seed).stream(loaders)
     run_benchmark(runner, stream, device=spec.device, on_cell=write, on_batch=on_batch)
 
 

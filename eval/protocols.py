@@ -25,6 +25,8 @@ __all__ = [
     "Continual",
     "ClassSorted",
     "DirichletLabelShift",
+    "Gradual",
+    "MixedDomains",
     "class_sorted_order",
     "dirichlet_order",
     "get_protocol",
@@ -255,11 +257,70 @@ class DirichletLabelShift:
                 f"reset_each_domain={self.reset_each_domain})")
 
 
+class Gradual:
+    """Gradual protocol: for each corruption in turn, severities rise 1 -> 5 and fall back 5 -> 1; one reset.
+
+    The severities present in ``loaders`` for a corruption are visited in ascending then descending
+    order (the peak once), so a domain's cell accumulates both of its visits. Continual: state is
+    carried across everything.
+
+    Reference:
+        Wang et al., "Continual Test-Time Domain Adaptation", CVPR 2022 (gradual severity changes).
+    """
+
+    name: str = "gradual"
+
+    def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
+        """Yield the batches corruption by corruption, severities up then down, ``reset`` only first."""
+        by_corruption: dict[str, list[Domain]] = {}
+        for domain in loaders:
+            by_corruption.setdefault(domain.corruption, []).append(domain)
+        first = True
+        for domains in by_corruption.values():
+            up = sorted(domains, key=lambda d: d.severity)
+            for domain in up + up[-2::-1]:
+                for x, y in _iter_batches(domain, loaders[domain]):
+                    yield StreamItem(domain, x, y, reset=first)
+                    first = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class MixedDomains:
+    """Mixed-domain protocol: the batches of all domains in one seeded random order; one reset.
+
+    Each batch still comes from a single domain (so per-domain errors are exact); the domain changes
+    from batch to batch. Sample-level mixing inside a batch is not offered.
+
+    Args:
+        seed: Seeds the order; the same seed gives the same stream.
+    """
+
+    name: str = "mixed"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
+        """Yield all batches of all domains shuffled together (domains are read fully first)."""
+        batches = [(d, x, y) for d, loader in loaders.items() for x, y in _iter_batches(d, loader)]
+        order = np.random.default_rng(self.seed).permutation(len(batches)).tolist()
+        for position, index in enumerate(order):
+            domain, x, y = batches[index]
+            yield StreamItem(domain, x, y, reset=position == 0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(seed={self.seed})"
+
+
 _PROTOCOLS: dict[str, Callable[[], Protocol]] = {
     ResetEachDomain.name: ResetEachDomain,
     Continual.name: Continual,
     ClassSorted.name: ClassSorted,
     DirichletLabelShift.name: DirichletLabelShift,
+    Gradual.name: Gradual,
+    MixedDomains.name: MixedDomains,
 }
 
 
@@ -268,11 +329,12 @@ def list_protocols() -> list[str]:
     return sorted(_PROTOCOLS)
 
 
-def get_protocol(name: str) -> Protocol:
+def get_protocol(name: str, *, seed: int | None = None) -> Protocol:
     """Return a new protocol instance from its name.
 
     Args:
         name: One of :func:`list_protocols`, e.g. ``"episodic"`` or ``"continual"``.
+        seed: Seeds the order of protocols that shuffle (``mixed``, ``dirichlet``); others ignore it.
 
     Raises:
         ValueError: If ``name`` is unknown; the message lists the valid names.
@@ -283,4 +345,7 @@ def get_protocol(name: str) -> Protocol:
     """
     if name not in _PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; valid names are: {', '.join(list_protocols())}")
-    return _PROTOCOLS[name]()
+    factory = _PROTOCOLS[name]
+    if seed is not None and factory in (MixedDomains, DirichletLabelShift):
+        return factory(seed=seed)  # type: ignore[call-arg]
+    return factory()

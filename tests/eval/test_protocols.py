@@ -101,7 +101,7 @@ def test_get_protocol_returns_instances_by_name() -> None:
 
 
 def test_list_protocols_names_every_protocol() -> None:
-    assert list_protocols() == ["class-sorted", "continual", "dirichlet", "episodic"]
+    assert list_protocols() == ["class-sorted", "continual", "dirichlet", "episodic", "gradual", "mixed"]
 
 
 def test_get_protocol_unknown_name_lists_valid_names() -> None:
@@ -163,3 +163,25 @@ def test_dirichlet_rejects_non_positive_concentration() -> None:
 def test_get_protocol_builds_the_label_shift_protocols() -> None:
     assert isinstance(get_protocol("class-sorted"), ClassSorted)
     assert isinstance(get_protocol("dirichlet"), DirichletLabelShift)
+
+
+def test_gradual_goes_up_and_down_each_corruption_with_one_reset() -> None:
+    from eval.protocols import Gradual
+
+    batch = [(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))]
+    loaders = {Domain("fog", s): batch for s in (3, 1, 5)} | {Domain("snow", s): batch for s in (1, 2)}
+    items = list(Gradual().stream(loaders))
+    assert [str(i.domain) for i in items] == ["fog-1", "fog-3", "fog-5", "fog-3", "fog-1", "snow-1", "snow-2", "snow-1"]
+    assert [i.reset for i in items] == [True] + [False] * 7
+
+
+def test_mixed_domains_shuffle_all_batches_by_seed() -> None:
+    from eval.protocols import MixedDomains
+
+    summary = _summary(MixedDomains(seed=3).stream(_loaders()))
+    assert sorted(summary, key=lambda t: t[1]) != summary or len(summary) < 3
+    assert sorted(v for _, v, _ in summary) == sorted(v for _, v, _ in _summary(ResetEachDomain().stream(_loaders())))
+    assert [r for _, _, r in summary] == [True] + [False] * (len(summary) - 1)
+    assert _summary(MixedDomains(seed=3).stream(_loaders())) == summary
+    assert _summary(MixedDomains(seed=4).stream(_loaders())) != summary
+    assert get_protocol("mixed", seed=3).seed == 3  # type: ignore[attr-defined]
