@@ -1,6 +1,7 @@
 """Images/second of plain inference, norm and tent on the same model and batch, with ratios.
 
-Plain inference is the deployed model under ``torch.inference_mode()``. Each method is timed on
+Plain inference is the deployed model under ``torch.inference_mode()``; "official structure" rows
+run the same computation the way Tent's official code does (BN layers switched to train mode). Each method is timed on
 the same batch after warm-up, in interleaved rounds; each row is the best round (the least disturbed
 by other work on the machine). The ratio is method throughput / plain throughput (1.0 = free).
 
@@ -12,6 +13,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections.abc import Callable
 
@@ -30,6 +32,43 @@ def build_model(name: str) -> tuple[nn.Module, int]:
     import torchvision
 
     return getattr(torchvision.models, name)(num_classes=1000).eval(), 3
+
+
+def reference_norm(model: nn.Module) -> Callable[[torch.Tensor], object]:
+    """Return Tent's ``norm`` baseline as its official code does it: BatchNorm layers in train mode."""
+    ref = copy.deepcopy(model)
+    for module in ref.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train()
+
+    def step(x: torch.Tensor) -> object:
+        with torch.no_grad():
+            return ref(x)
+
+    return step
+
+
+def reference_tent(model: nn.Module) -> Callable[[torch.Tensor], object]:
+    """Return Tent as its official code structures it (train mode, stats dropped, Adam 1e-3, one step)."""
+    ref = copy.deepcopy(model).train()
+    ref.requires_grad_(False)
+    params = []
+    for module in ref.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.requires_grad_(True)
+            module.track_running_stats, module.running_mean, module.running_var = False, None, None
+            params += [module.weight, module.bias]
+    optimizer = torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999))
+
+    def step(x: torch.Tensor) -> object:
+        with torch.enable_grad():
+            logits = ref(x)
+            (-(logits.softmax(1) * logits.log_softmax(1)).sum(1)).mean(0).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return logits
+
+    return step
 
 
 def images_per_second(step: Callable[[torch.Tensor], object], x: torch.Tensor, repeats: int, warmup: int) -> float:
@@ -68,6 +107,8 @@ def main() -> None:
 
     steps: dict[str, Callable[[torch.Tensor], object]] = {"plain inference": plain}
     steps.update({m: tta.wrap(model, m).to(args.device) for m in ("source", "norm", "tent")})
+    steps["norm, official structure"] = reference_norm(model)
+    steps["tent, official structure"] = reference_tent(model)
     best = dict.fromkeys(steps, 0.0)
     for _ in range(args.rounds):
         for name, step in steps.items():
