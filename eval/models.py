@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from eval.datasets.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from tta._io import atomic_torch_save
 
 __all__ = [
     "ARCH",
@@ -199,19 +199,8 @@ def save_checkpoint(path: str | os.PathLike[str], record: Mapping[str, object]) 
     missing = [key for key in CHECKPOINT_KEYS if key not in record]
     if missing:
         raise ValueError(f"checkpoint record lacks {missing}; it needs all of {list(CHECKPOINT_KEYS)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            # torch.__version__ is a str subclass that weights_only loading refuses; store a plain str.
-            torch.save({**record, "torch_version": str(record["torch_version"])}, handle)
-        os.chmod(tmp_name, 0o644)  # mkstemp creates the file private (0600)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    # torch.__version__ is a str subclass that weights_only loading refuses; store a plain str.
+    return atomic_torch_save({**record, "torch_version": str(record["torch_version"])}, path)
 
 
 def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, object]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from tta._io import atomic_torch_save
 
 if TYPE_CHECKING:
     from tta.base import TTAMethod
@@ -40,17 +41,7 @@ def save_state(adapter: TTAMethod, path: str | os.PathLike[str]) -> Path:
         "optimizers": [_on_cpu(opt.state_dict()) for opt in adapter.optimizers],
         "snapshot": _on_cpu(adapter._snapshot),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(record, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(record, path)
 
 
 def load_state(adapter: TTAMethod, path: str | os.PathLike[str]) -> TTAMethod:

@@ -9,29 +9,7 @@ import torch
 
 import eval.bench
 from eval.cli import main
-from eval.datasets.fashion_mnist import write_idx
-from eval.models import fmnist_resnet, save_checkpoint
 from eval.results import Results, ResultsStore
-
-
-@pytest.fixture
-def fmnist_dir(tmp_path: Path) -> Path:
-    """Write a 48-image synthetic Fashion-MNIST test split in IDX format."""
-    root = tmp_path / "fmnist"
-    root.mkdir()
-    g = torch.Generator().manual_seed(0)
-    write_idx(root / "t10k-images-idx3-ubyte.gz", torch.randint(0, 256, (48, 28, 28), generator=g, dtype=torch.uint8))
-    write_idx(root / "t10k-labels-idx1-ubyte.gz", torch.randint(0, 10, (48,), generator=g, dtype=torch.uint8))
-    return root
-
-
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    model = fmnist_resnet(width=4)
-    record = {"state_dict": model.state_dict(), "arch": "fmnist_resnet", "arch_kwargs": {"width": 4},
-              "clean_test_accuracy": 0.0, "train_config": {}, "torch_version": torch.__version__}
-    return save_checkpoint(tmp_path / "model.pt", record)
 
 
 def _bench_args(fmnist_dir: Path, checkpoint: Path, results: Path, *extra: str) -> list[str]:

@@ -9,29 +9,8 @@ import pytest
 import torch
 
 from eval.cli import main
-from eval.datasets.fashion_mnist import write_idx
-from eval.models import fmnist_resnet, load_source_model, save_checkpoint
+from eval.models import load_source_model
 from eval.results import Results
-
-
-@pytest.fixture
-def fmnist_dir(tmp_path: Path) -> Path:
-    """Write a synthetic Fashion-MNIST folder: 64 training and 32 test images in IDX format."""
-    root = tmp_path / "fmnist"
-    root.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for prefix, n in (("train", 64), ("t10k", 32)):
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8))
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8))
-    return root
-
-
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    record = {"state_dict": fmnist_resnet(width=4).state_dict(), "arch": "fmnist_resnet", "arch_kwargs": {"width": 4},
-              "clean_test_accuracy": 0.0, "train_config": {}, "torch_version": torch.__version__}
-    return save_checkpoint(tmp_path / "source.pt", record)
 
 
 @pytest.fixture
@@ -69,7 +48,7 @@ def test_dann_writes_a_checkpoint_that_bench_scores(fmnist_dir, checkpoint, tmp_
              "--corruptions", "gaussian_noise", "--results", str(tmp_path / "r.sqlite"), "--out", str(scores)]
     assert main(bench) == 0
     (record,) = Results.from_json(scores.read_text())
-    assert record.error == arms[0]["target_error"] and record.n == 32
+    assert record.error == arms[0]["target_error"] and record.n == 48
 
 
 def test_dann_unknown_target_is_a_clear_error(fmnist_dir, checkpoint, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from tta._io import atomic_torch_save
 from tta.da.dann import DANN, DANNLosses, dann_step
 from tta.da.grl import anneal_lr, dann_schedule
 from tta.params import norm_affine_parameters
@@ -171,15 +171,7 @@ def _images(batch: Any) -> Tensor:
 
 
 def _save(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(record, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(record, path)
 
 
 def _resume(

@@ -1,0 +1,35 @@
+"""Fixtures shared by the eval tests: a synthetic Fashion-MNIST folder and an untrained source checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval.datasets.fashion_mnist import write_idx
+from eval.models import fmnist_resnet, save_checkpoint
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path: Path) -> Path:
+    """Write a synthetic Fashion-MNIST folder in IDX format: 64 training and 48 test images."""
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for prefix, n in (("t10k", 48), ("train", 64)):
+        images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8))
+    return root
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    """Write an untrained width-4 source checkpoint (a fixed seed)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = fmnist_resnet(width=4)
+    record = {"state_dict": model.state_dict(), "arch": "fmnist_resnet", "arch_kwargs": {"width": 4},
+              "clean_test_accuracy": 0.0, "train_config": {}, "torch_version": torch.__version__}
+    return save_checkpoint(tmp_path / "model.pt", record)
