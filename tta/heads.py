@@ -7,7 +7,9 @@ of architectures:
 1. timm's interface: ``forward_features`` + ``forward_head(x, pre_logits=True)`` + ``get_classifier()``;
 2. torchvision's head attributes, in this order: ``fc`` (ResNet), ``classifier`` (MobileNet,
    EfficientNet, ...), ``heads`` (VisionTransformer), ``head``;
-3. otherwise the caller names the head module: ``split_classifier(model, head="model.fc")``.
+3. an ``nn.Sequential`` whose last child is a ``Linear`` (that child), or whose last child holds
+   the head by these rules (e.g. a model wrapped as ``Sequential(normalize, model)`` -> ``model.fc``);
+4. otherwise the caller names the head module: ``split_classifier(model, head="model.fc")``.
 
 The returned modules share their parameters with ``model`` (nothing is copied), and
 ``head(features(x))`` equals ``model(x)``.
@@ -109,7 +111,8 @@ def split_classifier(model: nn.Module, head: str | None = None) -> tuple[nn.Modu
             parameters.
         head: Dotted name of the submodule that maps features to logits (for example
             ``"model.fc"`` for a model wrapped in a normalizing ``nn.Sequential``). ``None`` finds
-            the head by convention (timm interface, then the attributes in :data:`HEAD_ATTRIBUTES`).
+            the head by convention (timm interface, the attributes in :data:`HEAD_ATTRIBUTES`, then a
+            Sequential's last child).
 
     Returns:
         ``features``: maps a batch to the head's input, shape ``(B, D)``; ``head``: the model's own
@@ -130,8 +133,21 @@ def split_classifier(model: nn.Module, head: str | None = None) -> tuple[nn.Modu
         return _HeadInput(model, module, head), module
     if _is_timm_style(model):
         return _TimmFeatures(model), model.get_classifier()
+    name = _conventional_head(model)
+    if name is None:
+        raise ValueError(_not_found_message(model))
+    module = model.get_submodule(name)
+    return _HeadInput(model, module, name), module
+
+
+def _conventional_head(model: nn.Module, prefix: str = "") -> str | None:
+    """Return the dotted name of the head by the attribute and Sequential conventions, or ``None``."""
     for name in HEAD_ATTRIBUTES:
-        module = getattr(model, name, None)
-        if isinstance(module, nn.Module):
-            return _HeadInput(model, module, name), module
-    raise ValueError(_not_found_message(model))
+        if isinstance(getattr(model, name, None), nn.Module):
+            return prefix + name
+    if isinstance(model, nn.Sequential) and len(model) > 0:
+        last_name, last = list(model.named_children())[-1]
+        if isinstance(last, nn.Linear):
+            return prefix + last_name
+        return _conventional_head(last, f"{prefix}{last_name}.")
+    return None

@@ -144,10 +144,12 @@ def test_dann_mismatched_feature_dimension_is_a_clear_error() -> None:
 
 
 def test_dann_head_not_found_names_the_head_option() -> None:
-    body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    from tests.tta.test_heads import _Unconventional
+
+    body = _Unconventional()
     with pytest.raises(ValueError, match="head="):
         DANN(body)
-    dann = DANN(body, head="3", hidden=(8,))
+    dann = DANN(body, head="out", hidden=(8,))
     assert dann.domain_head.in_features == 4  # type: ignore[union-attr]
 
 

@@ -51,10 +51,28 @@ def test_split_classifier_shares_parameters_with_the_model() -> None:
     assert {id(p) for p in head.parameters()} <= model_params
 
 
-def test_split_classifier_named_head_in_a_wrapped_model() -> None:
-    model = with_normalization(_fmnist(), mean=[0.5], std=[0.25])
+class _Unconventional(nn.Module):
+    """A classifier whose head follows no convention: the caller must name it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out = nn.Linear(4, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.body(x))
+
+
+def test_split_classifier_unconventional_head_must_be_named() -> None:
+    model = _Unconventional()
     with pytest.raises(ValueError, match="head="):
         split_classifier(model)
+    assert split_classifier(model, head="out")[1] is model.out
+
+
+def test_split_classifier_named_head_in_a_wrapped_model() -> None:
+    model = with_normalization(_fmnist(), mean=[0.5], std=[0.25])
+    assert split_classifier(model)[1] is model.model.fc  # found through the Sequential's last child
     features, head = split_classifier(model, head="model.fc")
     x = torch.rand(2, 1, 28, 28)
     with torch.no_grad():
@@ -108,3 +126,19 @@ def test_split_classifier_head_called_twice_is_a_clear_error() -> None:
     features, _ = split_classifier(_TwiceHead())
     with pytest.raises(ValueError, match="called 2 times"):
         features(torch.rand(2, 4))
+
+
+def test_sequential_conventions_find_wrapped_and_trailing_linear_heads() -> None:
+    import torchvision
+
+    from eval.models import with_normalization
+    from tests.helpers import tiny_classifier
+    from tta.heads import split_classifier
+
+    wrapped = with_normalization(torchvision.models.resnet18(num_classes=10).eval(), [0.5] * 3, [0.25] * 3)
+    features, head = split_classifier(wrapped)
+    assert head is wrapped.model.fc
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(head(features(x)), wrapped(x))
+    tiny = tiny_classifier()
+    assert split_classifier(tiny)[1] is tiny[8]

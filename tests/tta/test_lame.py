@@ -110,8 +110,10 @@ def test_lame_leaves_the_model_untouched() -> None:
 
 
 def test_lame_unknown_head_names_the_option() -> None:
+    from tests.tta.test_heads import _Unconventional
+
     with pytest.raises(ValueError, match="head="):
-        tta.wrap(tiny_classifier(), "lame")
+        tta.wrap(_Unconventional(), "lame", input_ndim=None)
 
 
 @pytest.mark.parametrize("build", [lambda: small_resnet("bn"), small_vit, lambda: small_resnet("gn")],
