@@ -259,9 +259,6 @@ def test_corrupted_view_rejects_bad_arguments(clean_data: tuple[Tensor, Tensor])
 
 
 def test_corrupted_view_with_real_gaussian_noise(clean_data: tuple[Tensor, Tensor]) -> None:
-    corruptions = pytest.importorskip("eval.corruptions", reason="eval.corruptions is not available")
-    if not hasattr(corruptions, "corrupt"):
-        pytest.skip("eval.corruptions.corrupt is not available")
     view = CorruptedView(*clean_data, "gaussian_noise", 5, batch_size=4, seed=3)
     x, y = view.batch(1)
     assert x.shape == (4, 1, 8, 8) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1

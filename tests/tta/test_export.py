@@ -181,8 +181,6 @@ def test_gradient_method_in_adaptive_mode_suggests_frozen() -> None:
 
 
 def test_frozen_cotta_exports_the_teacher_it_predicts_with() -> None:
-    if "cotta" not in tta.list_adapters():
-        pytest.skip("CoTTA is not registered")
     adapter = tta.wrap(tiny_classifier(), "cotta")
     with torch.no_grad():
         adapter.teacher[-1].bias.add_(1.0)  # a teacher that differs from the student
