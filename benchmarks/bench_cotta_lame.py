@@ -20,7 +20,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
@@ -31,17 +30,7 @@ from torchvision.transforms import InterpolationMode
 import tta
 from tta.augment import AugmentParams, sample_augment_params
 from tta.methods.cotta import CoTTA
-
-
-def build_model(name: str) -> tuple[nn.Module, int]:
-    """Return (model in eval mode, input channels): the shipped Fashion-MNIST model or a torchvision one."""
-    if name == "fmnist":
-        from eval.models import load_source_model
-
-        return load_source_model(), 1
-    import torchvision
-
-    return getattr(torchvision.models, name)(num_classes=1000).eval(), 3
+from timing import best_of, build_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def official_augment(x: Tensor, p: AugmentParams, generator: torch.Generator, noise_std: float = 0.005) -> Tensor:
@@ -97,29 +86,6 @@ class OfficialLoopCoTTA:
                 param.data = source * mask + param * (1.0 - mask)
         a.step_count += 1
         return outputs_ema
-
-
-def images_per_second(step: Callable[[Tensor], object], x: Tensor, repeats: int, warmup: int) -> float:
-    """Return the throughput of ``step(x)`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        step(x)
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step(x)
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    return repeats * x.shape[0] / (time.perf_counter() - start)
-
-
-def best_of(steps: dict[str, Callable[[Tensor], object]], x: Tensor, args: argparse.Namespace) -> dict[str, float]:
-    """Return the best throughput of each step over interleaved rounds."""
-    best = dict.fromkeys(steps, 0.0)
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            best[name] = max(best[name], images_per_second(step, x, args.repeats, args.warmup))
-    return best
 
 
 def fidelity(model: nn.Module, x: Tensor, batches: int, max_images: int | None) -> float:

@@ -14,24 +14,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 import tta
-
-
-def build_model(name: str) -> tuple[nn.Module, int]:
-    """Return (model in eval mode, input channels): the shipped Fashion-MNIST model or a torchvision one."""
-    if name == "fmnist":
-        from eval.models import load_source_model
-
-        return load_source_model(), 1
-    import torchvision
-
-    return getattr(torchvision.models, name)(num_classes=1000).eval(), 3
+from timing import best_of, build_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def reference_norm(model: nn.Module) -> Callable[[torch.Tensor], object]:
@@ -71,20 +60,6 @@ def reference_tent(model: nn.Module) -> Callable[[torch.Tensor], object]:
     return step
 
 
-def images_per_second(step: Callable[[torch.Tensor], object], x: torch.Tensor, repeats: int, warmup: int) -> float:
-    """Return the throughput of ``step(x)`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        step(x)
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step(x)
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    return repeats * x.shape[0] / (time.perf_counter() - start)
-
-
 def main() -> None:
     """Print one table: method, images/s, ratio to plain inference."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -109,11 +84,7 @@ def main() -> None:
     steps.update({m: tta.wrap(model, m).to(args.device) for m in ("source", "norm", "tent")})
     steps["norm, official structure"] = reference_norm(model)
     steps["tent, official structure"] = reference_tent(model)
-    best = dict.fromkeys(steps, 0.0)
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            best[name] = max(best[name], images_per_second(step, x, args.repeats, args.warmup))
-    rows = list(best.items())
+    rows = list(best_of(steps, x, args).items())
     base = rows[0][1]
     print(f"model={args.model} batch={args.batch_size} size={args.image_size} device={args.device} "
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
