@@ -30,7 +30,7 @@ from torchvision.transforms import InterpolationMode
 import tta
 from tta.augment import AugmentParams, sample_augment_params
 from tta.methods.cotta import CoTTA
-from timing import best_of, build_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from timing import add_timing_arguments, best_of, build_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def official_augment(x: Tensor, p: AugmentParams, generator: torch.Generator, noise_std: float = 0.005) -> Tensor:
@@ -103,14 +103,8 @@ def fidelity(model: nn.Module, x: Tensor, batches: int, max_images: int | None) 
 def main() -> None:
     """Print the two tables and the fidelity check."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="fmnist", help="'fmnist' or a torchvision model name")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--image-size", type=int, default=28)
+    add_timing_arguments(parser, repeats=2, rounds=3, warmup=1)
     parser.add_argument("--max-images", type=int, default=None, help="CoTTA's max_images (None: its default)")
-    parser.add_argument("--repeats", type=int, default=2, help="calls per timed round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is kept")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     model, channels = build_model(args.model)

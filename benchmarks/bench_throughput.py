@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import tta
-from timing import best_of, build_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from timing import add_timing_arguments, best_of, build_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def reference_norm(model: nn.Module) -> Callable[[torch.Tensor], object]:
@@ -63,13 +63,7 @@ def reference_tent(model: nn.Module) -> Callable[[torch.Tensor], object]:
 def main() -> None:
     """Print one table: method, images/s, ratio to plain inference."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="fmnist", help="'fmnist' or a torchvision model name")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--image-size", type=int, default=28)
-    parser.add_argument("--repeats", type=int, default=10, help="calls per timed round")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best is kept")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
+    add_timing_arguments(parser, repeats=10, rounds=5, warmup=3)
     args = parser.parse_args()
 
     model, channels = build_model(args.model)

@@ -9,7 +9,18 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["build_model", "images_per_second", "best_of"]
+__all__ = ["add_timing_arguments", "build_model", "images_per_second", "best_of"]
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, *, repeats: int, rounds: int, warmup: int) -> None:
+    """Add the flags every speed script shares: model, batch and image size, timing rounds, device."""
+    parser.add_argument("--model", default="fmnist", help="'fmnist' or a torchvision model name")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--repeats", type=int, default=repeats, help="calls per timed round")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds; the best is kept")
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--device", default="cpu")
 
 
 def build_model(name: str) -> tuple[nn.Module, int]:
