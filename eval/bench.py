@@ -142,7 +142,7 @@ def _run_unit(
         runner = OnlineAdapter(adapter, float(cost))
 
     def write(domain: Domain, stats: CellStats) -> None:
-        store.put(Record(keys[domain], stats.error, stats.ece, stats.n, stats.seconds))
+        store.put(Record.from_stats(keys[domain], stats))
 
     stream = get_protocol(spec.protocol, seed=spec.seed).stream(loaders)
     run_benchmark(runner, stream, device=spec.device, on_cell=write, on_batch=on_batch)

@@ -18,9 +18,12 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from eval.domains import Domain
+
+if TYPE_CHECKING:
+    from eval.runner import CellStats
 
 __all__ = ["CellKey", "Record", "ResultsStore", "Results", "canonical_options", "SCHEMA_VERSION"]
 
@@ -137,6 +140,11 @@ class Record:
     n: int
     seconds: float
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @classmethod
+    def from_stats(cls, key: CellKey, stats: CellStats) -> Record:
+        """Return the record of ``key`` from a runner's finished-cell scores."""
+        return cls(key, stats.error, stats.ece, stats.n, stats.seconds)
 
     def to_dict(self) -> dict[str, object]:
         """Return a flat dict: the key fields followed by the values."""
