@@ -20,6 +20,7 @@ from eval.domains import Domain
 from eval.edge_runtime import RUNTIMES, Runtime, check_runtime_methods, export_for_runtime
 from eval.online import OnlineAdapter, relative_cost
 from eval.protocols import StreamItem, get_protocol
+from eval.provenance import run_metadata
 from eval.results import CellKey, Record, Results, ResultsStore
 from eval.runner import CellStats, run_benchmark
 from eval.suites import Suite, SuiteSpec, model_id, open_suite
@@ -142,7 +143,7 @@ def _run_unit(
         runner = OnlineAdapter(adapter, float(cost))
 
     def write(domain: Domain, stats: CellStats) -> None:
-        store.put(Record.from_stats(keys[domain], stats))
+        store.put(Record.from_stats(keys[domain], stats, run_metadata(spec)))
 
     stream = get_protocol(spec.protocol, seed=spec.seed).stream(loaders)
     run_benchmark(runner, stream, device=spec.device, on_cell=write, on_batch=on_batch)

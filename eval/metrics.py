@@ -22,6 +22,7 @@ __all__ = [
     "error_rate",
     "expected_calibration_error",
     "StreamingError",
+    "StreamingNLL",
     "StreamingECE",
 ]
 
@@ -217,6 +218,34 @@ class StreamingECE:
         self._counts = torch.zeros(self.n_bins, dtype=torch.float64)
         self._conf_sums = torch.zeros(self.n_bins, dtype=torch.float64)
         self._correct_sums = torch.zeros(self.n_bins, dtype=torch.float64)
+
+
+class StreamingNLL:
+    """Mean negative log-likelihood accumulated over batches; equals :func:`negative_log_likelihood` on their concatenation."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def update(self, logits: Tensor, y: Tensor) -> None:
+        """Add one batch of logits ``(B, K)`` and labels ``(B,)``."""
+        _check_inputs(logits, y)
+        self._sum += float(torch.nn.functional.cross_entropy(logits.double(), y, reduction="sum"))
+        self.count += logits.shape[0]
+
+    def compute(self) -> float:
+        """Return the mean NLL (nats) over every sample seen since the last reset.
+
+        Raises:
+            ValueError: If no sample was added.
+        """
+        if self.count == 0:
+            raise ValueError("StreamingNLL.compute() called before any update(); add a batch first")
+        return self._sum / self.count
+
+    def reset(self) -> None:
+        """Forget every sample seen so far."""
+        self._sum = 0.0
+        self.count = 0
 
 
 def _severity_errors(errors: Mapping[Domain, float], corruption: str) -> dict[int, float]:

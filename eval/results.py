@@ -29,7 +29,7 @@ __all__ = ["CellKey", "Record", "ResultsStore", "Results", "canonical_options", 
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added nll, peak_memory_mb and meta; version-1 stores are upgraded in place
 _NO_LIMIT = -1  # stored for ``limit=None``: SQLite treats NULLs as distinct in a primary key
 
 
@@ -118,7 +118,8 @@ def _parse_options(text: str) -> dict[str, object]:
 
 
 _KEY_FIELDS = tuple(f.name for f in fields(CellKey))
-_VALUE_FIELDS = ("error", "ece", "n", "seconds", "created")
+_VALUE_FIELDS = ("error", "ece", "n", "seconds", "created", "nll", "peak_memory_mb", "meta")
+_ADDED_IN_V2 = {"nll": None, "peak_memory_mb": None, "meta": "{}"}  # value fields a version-1 record lacks
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,9 @@ class Record:
         n: Number of test examples scored.
         seconds: Time spent adapting and scoring the cell.
         created: When the record was made, ISO-8601 (defaults to now, UTC).
+        nll: Mean negative log-likelihood (nats), if measured.
+        peak_memory_mb: Peak memory while the cell ran (MiB), if measured.
+        meta: Canonical JSON of the run's provenance (library and torch versions, device, data settings).
     """
 
     key: CellKey
@@ -140,11 +144,25 @@ class Record:
     n: int
     seconds: float
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    nll: float | None = None
+    peak_memory_mb: float | None = None
+    meta: str = "{}"
+
+    @property
+    def metadata(self) -> dict[str, object]:
+        """The provenance as a dict."""
+        return _parse_options(self.meta)
+
+    @property
+    def images_per_second(self) -> float:
+        """Throughput of the cell: images adapted and scored per second."""
+        return self.n / self.seconds if self.seconds > 0 else float("inf")
 
     @classmethod
-    def from_stats(cls, key: CellKey, stats: CellStats) -> Record:
-        """Return the record of ``key`` from a runner's finished-cell scores."""
-        return cls(key, stats.error, stats.ece, stats.n, stats.seconds)
+    def from_stats(cls, key: CellKey, stats: CellStats, meta: Mapping[str, object] | None = None) -> Record:
+        """Return the record of ``key`` from a runner's finished-cell scores and the run's provenance."""
+        return cls(key, stats.error, stats.ece, stats.n, stats.seconds, nll=stats.nll,
+                   peak_memory_mb=stats.peak_memory_mb, meta=canonical_options(meta or {}))
 
     def to_dict(self) -> dict[str, object]:
         """Return a flat dict: the key fields followed by the values."""
@@ -157,6 +175,7 @@ class Record:
         Raises:
             ValueError: If a field is missing.
         """
+        row = {**_ADDED_IN_V2, **row}
         missing = [name for name in (*_KEY_FIELDS, *_VALUE_FIELDS) if name not in row]
         if missing:
             raise ValueError(f"record is missing fields {missing}; got fields {sorted(row)}")
@@ -178,7 +197,7 @@ CREATE TABLE IF NOT EXISTS cells (
     protocol TEXT NOT NULL, corruption TEXT NOT NULL, severity INTEGER NOT NULL,
     seed INTEGER NOT NULL, batch_size INTEGER NOT NULL, "limit" INTEGER NOT NULL,
     error REAL NOT NULL, ece REAL NOT NULL, n INTEGER NOT NULL, seconds REAL NOT NULL,
-    created TEXT NOT NULL,
+    created TEXT NOT NULL, nll REAL, peak_memory_mb REAL, meta TEXT NOT NULL DEFAULT '{{}}',
     PRIMARY KEY ({_QUOTED_KEYS})
 );
 """
@@ -221,8 +240,18 @@ class ResultsStore:
             versions = [row[0] for row in self._conn.execute("SELECT version FROM schema_version")]
             if not versions:
                 self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif versions == [1]:
+                self._upgrade_from_v1()
             elif versions != [SCHEMA_VERSION]:
                 raise ValueError(f"{self.path} has results schema version {versions}, expected [{SCHEMA_VERSION}]")
+
+    def _upgrade_from_v1(self) -> None:
+        """Add the version-2 columns to a version-1 store (its cells are kept; new values are NULL / '{}')."""
+        self._conn.execute("ALTER TABLE cells ADD COLUMN nll REAL")
+        self._conn.execute("ALTER TABLE cells ADD COLUMN peak_memory_mb REAL")
+        self._conn.execute("ALTER TABLE cells ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'")
+        self._conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        logger.info("upgraded %s from results schema 1 to %d", self.path, SCHEMA_VERSION)
 
     def has(self, key: CellKey) -> bool:
         """Return whether the store holds a record for ``key``."""
@@ -339,7 +368,8 @@ class Results(list[Record]):
 
     def to_json(self) -> str:
         """Return the records as JSON text; :meth:`from_json` reads it back."""
-        rows = [{**record.to_dict(), "options": _parse_options(record.key.options)} for record in self]
+        rows = [{**record.to_dict(), "options": _parse_options(record.key.options), "meta": record.metadata}
+                for record in self]
         return json.dumps({"schema_version": SCHEMA_VERSION, "records": rows}, indent=1)
 
     @classmethod
@@ -350,13 +380,15 @@ class Results(list[Record]):
             ValueError: If the text is not such a document.
         """
         document = json.loads(text)
-        if (not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION
+        if (not isinstance(document, dict) or document.get("schema_version") not in (1, SCHEMA_VERSION)
                 or not isinstance(document.get("records"), list)):
-            raise ValueError(f"expected a JSON object with schema_version {SCHEMA_VERSION} and a records list, "
+            raise ValueError(f"expected a JSON object with schema_version 1 or {SCHEMA_VERSION} and a records list, "
                              f"got {text[:80]!r}")
         records = cls()
         for row in document["records"]:
-            records.append(Record.from_dict({**row, "options": canonical_options(row["options"])}))
+            meta = row.get("meta", {})
+            records.append(Record.from_dict({**row, "options": canonical_options(row["options"]),
+                                             "meta": meta if isinstance(meta, str) else canonical_options(meta)}))
         return records
 
 

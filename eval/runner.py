@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from eval.domains import Domain
-from eval.metrics import StreamingECE, StreamingError
+from eval.memory import PeakMemory
+from eval.metrics import StreamingECE, StreamingError, StreamingNLL
 from eval.protocols import StreamItem
 
 __all__ = ["CellStats", "run_benchmark"]
@@ -34,25 +35,40 @@ class CellStats:
         ece: Expected calibration error (15 equal-width bins) as a fraction in ``[0, 1]``.
         n: Number of examples scored.
         seconds: Time spent resetting, moving batches, adapting and scoring; data loading excluded.
+        nll: Mean negative log-likelihood of the labels (nats).
+        peak_memory_mb: Peak memory while the domain ran (CUDA allocator peak, or process RSS on CPU).
     """
 
     error: float
     ece: float
     n: int
     seconds: float
+    nll: float | None = None
+    peak_memory_mb: float | None = None
 
 
 class _DomainMeter:
-    """Streaming error, ECE and time of one domain."""
+    """Streaming error, ECE, NLL, time and peak memory of one domain."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory: PeakMemory) -> None:
         self.error = StreamingError()
         self.ece = StreamingECE()
+        self.nll = StreamingNLL()
         self.seconds = 0.0
+        self.memory = memory
+        self.peak_mb = 0.0
+
+    def update(self, logits: Tensor, y: Tensor) -> None:
+        """Score one batch."""
+        self.error.update(logits, y)
+        self.ece.update(logits, y)
+        self.nll.update(logits, y)
 
     def stats(self) -> CellStats:
         """Return the scores accumulated so far."""
-        return CellStats(self.error.compute(), self.ece.compute(), self.error.count, self.seconds)
+        self.peak_mb = max(self.peak_mb, self.memory.peak_mb())
+        return CellStats(self.error.compute(), self.ece.compute(), self.error.count, self.seconds, self.nll.compute(),
+                         self.peak_mb)
 
 
 def _check_logits(logits: object, x: Tensor) -> Tensor:
@@ -107,12 +123,15 @@ def run_benchmark(
         ValueError: If the adapter returns logits of the wrong shape or the labels do not fit them.
     """
     meters: dict[Domain, _DomainMeter] = {}
+    memory = PeakMemory(device)
     current: Domain | None = None
     for item in stream:
         if current is not None and item.domain != current:
             _finish(current, meters[current], on_cell)
+        if item.domain != current:
+            memory.reset()
         current = item.domain
-        meter = meters.setdefault(item.domain, _DomainMeter())
+        meter = meters.setdefault(item.domain, _DomainMeter(memory))
         start = time.perf_counter()
         logits = _step(adapter, item, device, meter)
         meter.seconds += time.perf_counter() - start
@@ -130,8 +149,7 @@ def _step(adapter: nn.Module, item: StreamItem, device: torch.device | str, mete
     x = item.x.to(device, non_blocking=True)
     y = item.y.to(device, non_blocking=True)
     logits = _check_logits(adapter(x), x).detach()
-    meter.error.update(logits, y)
-    meter.ece.update(logits, y)
+    meter.update(logits, y)
     return logits
 
 

@@ -13,6 +13,7 @@ from eval.domains import Domain
 from eval.metrics import (
     StreamingECE,
     StreamingError,
+    StreamingNLL,
     error_rate,
     expected_calibration_error,
     mean_corruption_error,
@@ -82,11 +83,13 @@ def test_streaming_equals_concatenation(sizes: list[int]) -> None:
     generator = torch.Generator().manual_seed(0)
     logits = 3 * torch.randn(50, 5, generator=generator)
     y = torch.randint(0, 5, (50,), generator=generator)
-    error, ece = StreamingError(), StreamingECE()
+    error, ece, nll = StreamingError(), StreamingECE(), StreamingNLL()
     for logits_batch, y_batch in zip(logits.split(sizes), y.split(sizes)):
         error.update(logits_batch, y_batch)
         ece.update(logits_batch, y_batch)
+        nll.update(logits_batch, y_batch)
     assert error.compute() == pytest.approx(error_rate(logits, y).item(), abs=1e-12)
+    assert nll.compute() == pytest.approx(negative_log_likelihood(logits, y).item(), abs=1e-9)
     assert ece.compute() == pytest.approx(expected_calibration_error(logits, y).item(), abs=1e-12)
     assert error.count == ece.count == 50
 

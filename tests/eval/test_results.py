@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from eval.domains import Domain
 from eval.results import CellKey, Record, Results, ResultsStore, canonical_options
+from eval.runner import CellStats
 
 
 def _key(method: str = "tent", corruption: str = "gaussian_noise", severity: int = 5, *,
@@ -205,7 +207,7 @@ def test_from_json_rejects_other_documents() -> None:
 def test_csv_has_header_and_one_line_per_record() -> None:
     lines = Results([_record(_key(), error=0.5)]).to_csv().splitlines()
     assert lines[0] == ("method,options,dataset,model,protocol,corruption,severity,seed,batch_size,limit,"
-                        "error,ece,n,seconds,created")
+                        "error,ece,n,seconds,created,nll,peak_memory_mb,meta")
     assert lines[1].startswith('tent,{},fmnist-c,fmnist_cnn-1a2b3c4d,episodic,gaussian_noise,5,0,64,,0.5,')
     assert len(lines) == 2
 
@@ -215,3 +217,54 @@ def test_record_from_dict_names_missing_fields() -> None:
     del row["ece"]
     with pytest.raises(ValueError, match=r"missing fields \['ece'\]"):
         Record.from_dict(row)
+
+
+def _write_v1_store(path: Path, key: CellKey) -> None:
+    """Write a results file exactly as schema version 1 laid it out, holding one cell."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executescript("""
+            CREATE TABLE schema_version (version INTEGER NOT NULL);
+            INSERT INTO schema_version VALUES (1);
+            CREATE TABLE cells (
+                method TEXT NOT NULL, options TEXT NOT NULL, dataset TEXT NOT NULL, model TEXT NOT NULL,
+                protocol TEXT NOT NULL, corruption TEXT NOT NULL, severity INTEGER NOT NULL,
+                seed INTEGER NOT NULL, batch_size INTEGER NOT NULL, "limit" INTEGER NOT NULL,
+                error REAL NOT NULL, ece REAL NOT NULL, n INTEGER NOT NULL, seconds REAL NOT NULL,
+                created TEXT NOT NULL,
+                PRIMARY KEY (method, options, dataset, model, protocol, corruption, severity, seed, batch_size, "limit"));
+        """)
+        conn.execute("INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                     (key.method, key.options, key.dataset, key.model, key.protocol, key.corruption, key.severity,
+                      key.seed, key.batch_size, -1, 0.25, 0.05, 100, 1.5, "2025-01-01T00:00:00+00:00"))
+    conn.close()
+
+
+def test_version_1_store_is_upgraded_in_place_and_keeps_its_cells(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    key = _key()
+    _write_v1_store(path, key)
+    with ResultsStore(path) as store:
+        old = store.get(key)
+        assert old is not None and old.error == 0.25 and old.nll is None and old.metadata == {}
+        stats = CellStats(0.5, 0.1, 10, 2.0, nll=1.25, peak_memory_mb=300.0)
+        store.put(Record.from_stats(_key(method="norm"), stats, {"library": "1.0", "device": "cpu"}))
+    with ResultsStore(path) as store:  # reopening the upgraded file is a plain version-2 open
+        new = store.get(_key(method="norm"))
+        assert new is not None and new.nll == 1.25 and new.peak_memory_mb == 300.0
+        assert new.metadata == {"device": "cpu", "library": "1.0"}
+        assert len(store.records()) == 2
+
+
+def test_json_round_trip_keeps_provenance_and_reads_version_1_documents() -> None:
+    record = Record.from_stats(_key(), CellStats(0.5, 0.1, 10, 2.0, nll=0.7), {"torch": "2.x"})
+    document = json.loads(Results([record]).to_json())
+    assert document["records"][0]["meta"] == {"torch": "2.x"}
+    assert Results.from_json(json.dumps(document)) == Results([record])
+    v1_row = {k: v for k, v in document["records"][0].items() if k not in ("nll", "peak_memory_mb", "meta")}
+    restored = Results.from_json(json.dumps({"schema_version": 1, "records": [v1_row]}))
+    assert restored[0].error == 0.5 and restored[0].nll is None and restored[0].meta == "{}"
+
+
+def test_images_per_second_is_n_over_seconds() -> None:
+    assert _record(_key(), error=0.5).images_per_second == pytest.approx(100 / 1.5)

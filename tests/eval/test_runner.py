@@ -96,6 +96,8 @@ def test_cell_stats_hold_calibration_and_time() -> None:
     assert stats[GAUSSIAN].ece == pytest.approx(1.0 - softmax_top)
     assert stats[FOG].ece == pytest.approx(softmax_top)
     assert all(cell.seconds >= 0.0 for cell in stats.values())
+    assert stats[GAUSSIAN].nll == pytest.approx(-torch.tensor([4.0, 0.0, 0.0], dtype=torch.float64).log_softmax(0)[0].item())
+    assert all(cell.peak_memory_mb is not None and cell.peak_memory_mb > 0 for cell in stats.values())
 
 
 def test_on_batch_receives_detached_logits_per_batch() -> None:

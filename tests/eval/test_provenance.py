@@ -1,0 +1,22 @@
+"""Tests for eval.provenance: every stored cell says which software and data settings produced it."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from eval.bench import BenchSpec
+from eval.corruptions import ENGINE_VERSION
+from eval.provenance import run_metadata
+from eval.suites import SuiteSpec
+
+
+def test_metadata_names_versions_device_and_data_settings() -> None:
+    meta = run_metadata(BenchSpec(methods=("source",), suite=SuiteSpec(per_class=5), device="cpu"))
+    assert meta["torch"] == torch.__version__
+    assert meta["device"] == "cpu" and meta["runtime"] == "torch"
+    assert meta["corruption_engine"] == ENGINE_VERSION
+    assert meta["suite"]["per_class"] == 5 and meta["suite"]["dataset"] == "fmnist-c"  # type: ignore[index]
+    assert isinstance(meta["library"], str) and meta["library"]
+    json.dumps(meta)  # storable as JSON
