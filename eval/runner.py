@@ -64,9 +64,12 @@ class _DomainMeter:
         self.ece.update(logits, y)
         self.nll.update(logits, y)
 
-    def stats(self) -> CellStats:
-        """Return the scores accumulated so far."""
+    def close(self) -> None:
+        """End a run of this domain's batches: fold the memory peak of the run into the domain's peak."""
         self.peak_mb = max(self.peak_mb, self.memory.peak_mb())
+
+    def stats(self) -> CellStats:
+        """Return the scores accumulated up to the last :meth:`close`."""
         return CellStats(self.error.compute(), self.ece.compute(), self.error.count, self.seconds, self.nll.compute(),
                          self.peak_mb)
 
@@ -155,6 +158,7 @@ def _step(adapter: nn.Module, item: StreamItem, device: torch.device | str, mete
 
 def _finish(domain: Domain, meter: _DomainMeter, on_cell: Callable[[Domain, CellStats], None] | None) -> None:
     """Report a domain whose run of batches just ended."""
+    meter.close()
     stats = meter.stats()
     logger.debug("finished %s: error %.4f, ece %.4f, n %d, %.2f s", domain, stats.error, stats.ece, stats.n,
                  stats.seconds)
