@@ -27,6 +27,7 @@ __all__ = [
     "DirichletLabelShift",
     "Gradual",
     "MixedDomains",
+    "MixedSamples",
     "class_sorted_order",
     "dirichlet_order",
     "get_protocol",
@@ -45,12 +46,20 @@ class StreamItem:
         x: Input images, shape ``(B, C, H, W)``.
         y: Integer labels, shape ``(B,)``.
         reset: If true, the adapter is reset to its source state before this batch.
+        sample_domains: For batches that mix domains, the domain of each sample (``domain`` is then
+            the first sample's, for display); ``None`` when the whole batch is from ``domain``.
     """
 
     domain: Domain
     x: Tensor
     y: Tensor
     reset: bool
+    sample_domains: tuple[Domain, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sample_domains is not None and len(self.sample_domains) != self.x.shape[0]:
+            raise ValueError(f"sample_domains names {len(self.sample_domains)} domains for a batch of "
+                             f"{self.x.shape[0]} samples")
 
 
 class Protocol(_TypingProtocol):
@@ -314,6 +323,50 @@ class MixedDomains:
         return f"{type(self).__name__}(seed={self.seed})"
 
 
+class MixedSamples:
+    """Sample-level mixed domains: every sample of every domain in one seeded random order; one reset.
+
+    Batches mix domains (each test batch holds samples of several corruptions), as in the mixed-domain
+    setting of the continual-TTA literature (e.g. Döbler et al., "Robust Mean Teacher for Continual and
+    Gradual Test-Time Adaptation", CVPR 2023); each sample is scored for its own domain. All domains
+    are read into memory first (fine for Fashion-MNIST/CIFAR-C or a ``--limit``; not a full ImageNet-C).
+
+    Args:
+        seed: Seeds the order; the same seed gives the same stream.
+    """
+
+    name: str = "mixed-samples"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
+        """Yield batches of the first domain's batch size drawn from the shuffled pool of all samples."""
+        xs: list[Tensor] = []
+        ys: list[Tensor] = []
+        tags: list[Domain] = []
+        size = 0
+        for domain, loader in loaders.items():
+            for x, y in _iter_batches(domain, loader):
+                size = size or x.shape[0]
+                xs.append(x)
+                ys.append(y)
+                tags.extend([domain] * x.shape[0])
+        if not tags:
+            return
+        x_all, y_all = torch.cat(xs), torch.cat(ys)
+        order = np.random.default_rng(self.seed).permutation(len(tags))
+        for start in range(0, len(tags), size):
+            window = order[start : start + size]
+            index = torch.from_numpy(window).to(x_all.device)
+            domains = tuple(tags[i] for i in window.tolist())
+            yield StreamItem(domains[0], x_all[index], y_all[index.to(y_all.device)], reset=start == 0,
+                             sample_domains=domains)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(seed={self.seed})"
+
+
 _PROTOCOLS: dict[str, Callable[[], Protocol]] = {
     ResetEachDomain.name: ResetEachDomain,
     Continual.name: Continual,
@@ -321,6 +374,7 @@ _PROTOCOLS: dict[str, Callable[[], Protocol]] = {
     DirichletLabelShift.name: DirichletLabelShift,
     Gradual.name: Gradual,
     MixedDomains.name: MixedDomains,
+    MixedSamples.name: MixedSamples,
 }
 
 
@@ -334,7 +388,8 @@ def get_protocol(name: str, *, seed: int | None = None) -> Protocol:
 
     Args:
         name: One of :func:`list_protocols`, e.g. ``"episodic"`` or ``"continual"``.
-        seed: Seeds the order of protocols that shuffle (``mixed``, ``dirichlet``); others ignore it.
+        seed: Seeds the order of protocols that shuffle (``mixed``, ``mixed-samples``, ``dirichlet``); others
+            ignore it.
 
     Raises:
         ValueError: If ``name`` is unknown; the message lists the valid names.
@@ -346,6 +401,6 @@ def get_protocol(name: str, *, seed: int | None = None) -> Protocol:
     if name not in _PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; valid names are: {', '.join(list_protocols())}")
     factory = _PROTOCOLS[name]
-    if seed is not None and factory in (MixedDomains, DirichletLabelShift):
+    if seed is not None and factory in (MixedDomains, MixedSamples, DirichletLabelShift):
         return factory(seed=seed)  # type: ignore[call-arg]
     return factory()

@@ -128,21 +128,53 @@ def run_benchmark(
     meters: dict[Domain, _DomainMeter] = {}
     memory = PeakMemory(device)
     current: Domain | None = None
+    mixed: dict[Domain, None] = {}  # domains scored from mixed batches: reported when the stream ends
     for item in stream:
-        if current is not None and item.domain != current:
+        if current is not None and (item.sample_domains is not None or item.domain != current):
             _finish(current, meters[current], on_cell)
-        if item.domain != current:
-            memory.reset()
-        current = item.domain
-        meter = meters.setdefault(item.domain, _DomainMeter(memory))
-        start = time.perf_counter()
-        logits = _step(adapter, item, device, meter)
-        meter.seconds += time.perf_counter() - start
+        if item.sample_domains is not None:
+            if current is not None or not mixed:
+                memory.reset()
+            current = None
+            logits = _step_mixed(adapter, item, device, meters, memory)
+            mixed.update(dict.fromkeys(item.sample_domains))
+        else:
+            if item.domain != current:
+                memory.reset()
+            current = item.domain
+            meter = meters.setdefault(item.domain, _DomainMeter(memory))
+            start = time.perf_counter()
+            logits = _step(adapter, item, device, meter)
+            meter.seconds += time.perf_counter() - start
         if on_batch is not None:
             on_batch(item, logits)
     if current is not None:
         _finish(current, meters[current], on_cell)
+    for domain in sorted(mixed, key=list(meters).index):
+        _finish(domain, meters[domain], on_cell)
     return {domain: meter.stats() for domain, meter in meters.items()}
+
+
+def _step_mixed(adapter: nn.Module, item: StreamItem, device: torch.device | str,
+                meters: dict[Domain, _DomainMeter], memory: PeakMemory) -> Tensor:
+    """Predict on a batch that mixes domains and score each sample for its own domain.
+
+    The batch's time is shared among its domains in proportion to their samples.
+    """
+    start = time.perf_counter()
+    if item.reset:
+        _reset(adapter)
+    x = item.x.to(device, non_blocking=True)
+    y = item.y.to(device, non_blocking=True)
+    logits = _check_logits(adapter(x), x).detach()
+    seconds = time.perf_counter() - start
+    tags = item.sample_domains or ()
+    for domain in dict.fromkeys(tags):
+        index = torch.tensor([i for i, tag in enumerate(tags) if tag == domain], device=logits.device)
+        meter = meters.setdefault(domain, _DomainMeter(memory))
+        meter.update(logits[index], y[index])
+        meter.seconds += seconds * len(index) / len(tags)
+    return logits
 
 
 def _step(adapter: nn.Module, item: StreamItem, device: torch.device | str, meter: _DomainMeter) -> Tensor:

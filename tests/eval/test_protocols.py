@@ -101,7 +101,8 @@ def test_get_protocol_returns_instances_by_name() -> None:
 
 
 def test_list_protocols_names_every_protocol() -> None:
-    assert list_protocols() == ["class-sorted", "continual", "dirichlet", "episodic", "gradual", "mixed"]
+    assert list_protocols() == ["class-sorted", "continual", "dirichlet", "episodic", "gradual", "mixed",
+                                "mixed-samples"]
 
 
 def test_get_protocol_unknown_name_lists_valid_names() -> None:
@@ -185,3 +186,24 @@ def test_mixed_domains_shuffle_all_batches_by_seed() -> None:
     assert _summary(MixedDomains(seed=3).stream(_loaders())) == summary
     assert _summary(MixedDomains(seed=4).stream(_loaders())) != summary
     assert get_protocol("mixed", seed=3).seed == 3  # type: ignore[attr-defined]
+
+
+def test_mixed_samples_shuffle_every_sample_into_mixed_batches() -> None:
+    from eval.protocols import MixedSamples
+
+    items = list(MixedSamples(seed=0).stream(_loaders()))
+    assert [i.x.shape[0] for i in items] == [2] * 6  # re-batched at the loaders' batch size
+    assert [i.reset for i in items] == [True] + [False] * 5
+    pairs = [(tag, x.flatten()[0].item()) for i in items for tag, x in zip(i.sample_domains or (), i.x)]
+    # each image keeps its own domain tag: tens digit 1/2/3 = shot/gaussian/fog
+    assert all({1: SHOT, 2: GAUSSIAN, 3: FOG}[int(v) // 10] == tag for tag, v in pairs)
+    assert sorted(v for _, v in pairs) == sorted([10.0, 10.0, 11.0, 11.0, 20.0, 20.0, 21.0, 21.0, 30.0, 30.0, 31.0, 31.0])
+    assert any(len(set(i.sample_domains or ())) > 1 for i in items)  # batches really mix domains
+    again = [i.x.flatten().tolist() for i in MixedSamples(seed=0).stream(_loaders())]
+    assert again == [i.x.flatten().tolist() for i in items]
+    assert again != [i.x.flatten().tolist() for i in MixedSamples(seed=1).stream(_loaders())]
+
+
+def test_stream_item_rejects_sample_domains_of_the_wrong_length() -> None:
+    with pytest.raises(ValueError, match="names 1 domains for a batch of 2"):
+        StreamItem(SHOT, torch.zeros(2, 1, 1, 1), torch.zeros(2, dtype=torch.long), True, sample_domains=(SHOT,))

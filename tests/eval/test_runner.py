@@ -153,3 +153,15 @@ def test_wrong_logits_shape_raises_value_error() -> None:
 def test_non_tensor_output_raises_type_error() -> None:
     with pytest.raises(TypeError, match="must return a logits tensor of shape \\(B, K\\), got tuple"):
         run_benchmark(_NotATensor(), ResetEachDomain().stream(_loaders()))
+
+
+def test_mixed_batches_score_each_sample_for_its_domain_and_report_at_the_end() -> None:
+    from eval.protocols import MixedSamples
+
+    cells: list[tuple[Domain, CellStats]] = []
+    events: list[str] = []
+    stats = run_benchmark(RecordingAdapter(events), MixedSamples(seed=1).stream(_loaders()),
+                          on_cell=lambda domain, cell: cells.append((domain, cell)))
+    assert {d: (c.error, c.n) for d, c in stats.items()} == {GAUSSIAN: (0.0, 4), SHOT: (0.5, 4), FOG: (1.0, 3)}
+    assert sorted(d for d, _ in cells) == sorted([GAUSSIAN, SHOT, FOG])  # each reported once, after the stream
+    assert events.count("reset") == 1 and events.count("forward") == 6  # 11 samples in batches of 2
