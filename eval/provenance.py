@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import platform
 from dataclasses import fields
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+import tta
 
 from eval.corruptions import ENGINE_VERSION
 
@@ -21,15 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = ["library_version", "run_metadata"]
 
-DISTRIBUTION = "tta-plugin"
-
-
 def library_version() -> str:
-    """Return the installed version of this library, or ``unknown`` when run from an uninstalled tree."""
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """Return this library's version (``tta.__version__``, the single source the distribution reads too)."""
+    return tta.__version__
 
 
 def _plain(value: object) -> object:

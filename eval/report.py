@@ -10,7 +10,8 @@ from eval.baselines import ALEXNET_ERRORS
 from eval.metrics import mean_corruption_error
 from eval.results import Record, Results
 
-__all__ = ["mce_by_method", "plot_errors", "plot_error_over_domains", "markdown_report"]
+__all__ = ["mce_by_method", "plot_errors", "plot_error_over_domains", "markdown_report", "protocol_means",
+           "protocol_table", "plot_protocols"]
 
 
 def _method_label(record: Record) -> str:
@@ -42,6 +43,47 @@ def markdown_report(results: Results) -> str:
     if mce:
         lines += ["| method | mCE (%) |", "|:--|--:|"] + [f"| {m} | {100 * v:.1f} |" for m, v in mce.items()]
     return "\n".join(lines)
+
+
+def protocol_means(results: Results) -> dict[str, dict[str, float]]:
+    """Return the mean error (fraction) of each method under each protocol, over that protocol's cells."""
+    cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for record in results:
+        cells[_method_label(record)][record.key.protocol].append(record.error)
+    return {m: {p: sum(v) / len(v) for p, v in by_protocol.items()} for m, by_protocol in cells.items()}
+
+
+def protocol_table(results: Results) -> str:
+    """Return a markdown table: one row per method, one column per protocol (mean error %, its cells)."""
+    means = protocol_means(results)
+    protocols = list(dict.fromkeys(r.key.protocol for r in results))
+    counts = {p: len({r.key.domain for r in results if r.key.protocol == p}) for p in protocols}
+    lines = ["| method | " + " | ".join(f"{p} ({counts[p]} domains)" for p in protocols) + " |",
+             "|:--|" + "--:|" * len(protocols)]
+    for method, by_protocol in means.items():
+        shown = [f"{100 * by_protocol[p]:.1f}" if p in by_protocol else "–" for p in protocols]
+        lines.append(f"| {method} | " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_protocols(results: Results, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Write a grouped bar chart: mean error per protocol (x) per method (bars)."""
+    plt = _pyplot()
+    means = protocol_means(results)
+    protocols = list(dict.fromkeys(r.key.protocol for r in results))
+    width = 0.8 / max(len(means), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(protocols)), 4.0))
+    for i, (method, by_protocol) in enumerate(means.items()):
+        xs = [j + i * width for j in range(len(protocols))]
+        ax.bar(xs, [100 * by_protocol.get(p, float("nan")) for p in protocols], width, label=method)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(protocols))], protocols, rotation=20, ha="right")
+    ax.set_ylabel("mean error (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
 
 
 def _pyplot():  # type: ignore[no-untyped-def]

@@ -11,8 +11,10 @@ from tta.registry import adapter_options, create_adapter, list_adapters, registe
 from tta.wrap import wrap
 
 list_methods = list_adapters
+__version__ = "0.1.0"  # the distribution's version (pyproject reads it from here)
 
 __all__ = [
+    "__version__",
     "CoTTA",
     "LAME",
     "Norm",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from eval.commands.bench import DEFAULT_RESULTS
 from eval.commands.errors import CLIError
-from eval.report import markdown_report, plot_error_over_domains, plot_errors
+from eval.report import markdown_report, plot_error_over_domains, plot_errors, plot_protocols, protocol_table
 from eval.results import Results, ResultsStore
 
 NAME = "report"
@@ -19,6 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the store, filters and output flags."""
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="SQLite results store")
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    p.add_argument("--by-protocol", action="store_true",
+                   help="markdown: one row per method, one column per protocol (mean error over its cells)")
+    p.add_argument("--plot-protocols", type=Path, default=None,
+                   help="write a PNG bar chart of mean error per protocol and method")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of error per domain and method")
     p.add_argument("--plot-stream", type=Path, default=None,
                    help="write a PNG line plot of error along the stream (continual protocols)")
@@ -36,10 +40,13 @@ def run(args: argparse.Namespace) -> int:
         results = Results(store.records(**filters))
     if not results:
         raise CLIError(f"no records in {args.results} match {filters or 'anything'}")
-    text = {"md": lambda: markdown_report(results), "csv": results.to_csv, "json": results.to_json}[args.format]()
+    markdown = (lambda: protocol_table(results)) if args.by_protocol else (lambda: markdown_report(results))
+    text = {"md": markdown, "csv": results.to_csv, "json": results.to_json}[args.format]()
     print(text)
     if args.plot is not None:
         plot_errors(results, args.plot, title=f"error per domain ({args.results.name})")
+    if args.plot_protocols is not None:
+        plot_protocols(results, args.plot_protocols, title="mean error per protocol")
     if args.plot_stream is not None:
         plot_error_over_domains(results, args.plot_stream, title="error along the stream")
     return 0

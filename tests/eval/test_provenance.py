@@ -6,6 +6,8 @@ import json
 
 import torch
 
+import tta
+
 from eval.bench import BenchSpec
 from eval.corruptions import ENGINE_VERSION
 from eval.provenance import run_metadata
@@ -18,5 +20,5 @@ def test_metadata_names_versions_device_and_data_settings() -> None:
     assert meta["device"] == "cpu" and meta["runtime"] == "torch"
     assert meta["corruption_engine"] == ENGINE_VERSION
     assert meta["suite"]["per_class"] == 5 and meta["suite"]["dataset"] == "fmnist-c"  # type: ignore[index]
-    assert isinstance(meta["library"], str) and meta["library"]
+    assert meta["library"] == tta.__version__
     json.dumps(meta)  # storable as JSON

@@ -51,3 +51,20 @@ def test_report_command_prints_and_plots(store_path: Path, tmp_path: Path, capsy
 def test_report_on_missing_store_is_clear(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["report", "--results", str(tmp_path / "none.sqlite")]) == 2
     assert "run `tta bench" in capsys.readouterr().err
+
+
+def test_protocol_table_averages_each_protocols_cells(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "p.sqlite"
+    with ResultsStore(path) as store:
+        for protocol, errors in (("episodic", (0.2, 0.4)), ("mixed-samples", (0.5, 0.7))):
+            for corruption, error in zip(("fog", "snow"), errors):
+                key = CellKey.build("norm", {}, dataset="d", model="m", protocol=protocol,
+                                    domain=Domain(corruption, 5), seed=0, batch_size=64)
+                store.put(Record(key, error, 0.1, 100, 1.0))
+    png = tmp_path / "protocols.png"
+    assert main(["report", "--results", str(path), "--by-protocol", "--plot-protocols", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "| method | episodic (2 domains) | mixed-samples (2 domains) |" in out
+    assert "| norm | 30.0 | 60.0 |" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
