@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from eval.architectures import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, build_model
 from eval.corruptions import ENGINE_VERSION
 from eval.datasets import CorruptedView, load_fashion_mnist
+from eval.datasets.cifar_clean import CifarCleanTest, find_clean_cifar
 from eval.datasets.folder import ImageFolderDomain, Preprocess, check_folder_root
 from eval.datasets.npy import NpyCorruptionDomain, check_npy_root
 from eval.domains import Domain
@@ -79,6 +80,8 @@ class Suite:
         root = self.spec.data_root
         if self.spec.dataset in ("cifar10-c", "cifar100-c"):
             check_npy_root(root, sorted({d.corruption for d in domains if d.corruption != "clean"}))  # type: ignore[arg-type]
+            if any(d.corruption == "clean" for d in domains):
+                find_clean_cifar(root, self.spec.dataset)  # type: ignore[arg-type]
         elif self.spec.dataset == "imagenet-c":
             check_folder_root(root, [d for d in domains if d.corruption != "clean"])  # type: ignore[arg-type]
         else:
@@ -93,6 +96,9 @@ class Suite:
         if self.spec.dataset == "imagenet-c":
             return ImageFolderDomain(self.spec.data_root, domain, preprocess=self.spec.preprocess,  # type: ignore[arg-type]
                                      per_class=self.spec.per_class, subset_file=self.spec.subset_file)
+        if domain.corruption == "clean":
+            path = find_clean_cifar(self.spec.data_root, self.spec.dataset)  # type: ignore[arg-type]
+            return CifarCleanTest(path, self.spec.dataset, limit=limit)
         return NpyCorruptionDomain(self.spec.data_root, domain, limit=limit)  # type: ignore[arg-type]
 
     def loader(self, domain: Domain, *, batch_size: int, seed: int, limit: int | None, device: str) -> Loader:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,41 @@ def test_online_protocol_is_recorded_apart(cifar_root: Path, weights: Path, tmp_
     with ResultsStore(tmp_path / "r.sqlite") as store:
         protocols = sorted(r.key.protocol for r in store.records())
     assert protocols == ["episodic", "episodic+online:3.0"]
+
+
+def _write_clean_cifar(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
+    with open(folder / "test_batch", "wb") as handle:
+        pickle.dump(entry, handle)
+
+
+def test_clean_cifar_split_beside_cifar_c_is_the_clean_domain(cifar_root: Path, weights: Path, tmp_path: Path) -> None:
+    _write_clean_cifar(cifar_root.parent / "cifar-10-batches-py", 7)
+    args = ["bench", "--dataset", "cifar10-c", "--data-root", str(cifar_root), "--model", FACTORY,
+            "--weights", str(weights), "--methods", "source", "--corruptions", "clean,fog", "--batch-size", "4",
+            "--results", str(tmp_path / "r.sqlite")]
+    assert main(args) == 0
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        (clean,) = store.records(corruption="clean")
+    assert clean.n == 7 and clean.key.severity == 0
+
+
+def test_missing_clean_cifar_names_where_it_was_looked_for(cifar_root: Path, weights: Path, tmp_path: Path,
+                                                           capsys) -> None:  # type: ignore[no-untyped-def]
+    args = ["bench", "--dataset", "cifar10-c", "--data-root", str(cifar_root), "--model", FACTORY,
+            "--weights", str(weights), "--corruptions", "clean,fog", "--results", str(tmp_path / "r.sqlite")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(cifar_root / "cifar-10-batches-py" / "test_batch") in err
+    assert str(cifar_root.parent / "cifar-10-batches-py" / "test_batch") in err
+
+
+def test_truncated_clean_cifar_is_a_clear_error(tmp_path: Path) -> None:
+    from eval.datasets.cifar_clean import CifarCleanTest
+
+    path = tmp_path / "test_batch"
+    path.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]})[:40])
+    with pytest.raises(ValueError, match="not a complete CIFAR python test split"):
+        CifarCleanTest(path, "cifar10-c")
