@@ -119,6 +119,8 @@ def _parse_options(text: str) -> dict[str, object]:
 
 _KEY_FIELDS = tuple(f.name for f in fields(CellKey))
 _VALUE_FIELDS = ("error", "ece", "n", "seconds", "created", "nll", "peak_memory_mb", "meta")
+Metric = Literal["error", "ece", "nll", "seconds", "peak_memory_mb", "images_per_second"]
+METRICS: tuple[str, ...] = ("error", "ece", "nll", "seconds", "peak_memory_mb", "images_per_second")
 _ADDED_IN_V2 = {"nll": None, "peak_memory_mb": None, "meta": "{}"}  # value fields a version-1 record lacks
 
 
@@ -325,7 +327,7 @@ def _record_from_row(row: tuple[object, ...]) -> Record:
 class Results(list[Record]):
     """A list of records with table views: Markdown, CSV and JSON."""
 
-    def to_markdown(self, metric: Literal["error", "ece"] = "error", *, percent: bool = True) -> str:
+    def to_markdown(self, metric: Metric = "error", *, percent: bool = True) -> str:
         """Return a Markdown table: one row per method, one column per domain, and a mean.
 
         Rows come in first-seen order. A row label adds the options (or any other key field)
@@ -335,14 +337,16 @@ class Results(list[Record]):
         the present cells is starred and explained under the table.
 
         Args:
-            metric: Which value to show.
-            percent: Show values in percent with one decimal, else fractions with four.
+            metric: Which value to show: ``error``/``ece`` (fractions), ``nll`` (nats), ``seconds``,
+                ``peak_memory_mb`` or ``images_per_second``; cells without the value (older records) show ``–``.
+            percent: Show error/ECE in percent with one decimal, else fractions with four.
 
         Raises:
             ValueError: If ``metric`` is unknown or two records fill the same table cell.
         """
-        if metric not in ("error", "ece"):
-            raise ValueError(f"metric must be 'error' or 'ece', got {metric!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+        percent = percent and metric in ("error", "ece")
         rows, domains, cells = _table_cells(self, metric)
         headers = _domain_headers(domains)
         lines = ["| method | " + " | ".join([*headers, "mean"]) + " |",
@@ -350,7 +354,8 @@ class Results(list[Record]):
         for label in rows:
             values = [cells.get((label, domain)) for domain in domains]
             present = [v for v in values if v is not None]
-            mean = _format_value(sum(present) / len(present), percent) + ("*" if len(present) < len(values) else "")
+            mean = (_format_value(sum(present) / len(present), percent) if present else "–") + (
+                "*" if present and len(present) < len(values) else "")
             shown = ["–" if v is None else _format_value(v, percent) for v in values]
             lines.append("| " + " | ".join([label.replace("|", "\\|"), *shown, mean]) + " |")
         if any(line.endswith("* |") for line in lines):
@@ -423,7 +428,9 @@ def _table_cells(records: Iterable[Record], metric: str) -> tuple[list[str], lis
             raise ValueError(f"two records fill the table cell ({label}, {record.key.domain}); filter them first")
         labels.setdefault(label)
         domains.setdefault(record.key.domain)
-        cells[label, record.key.domain] = float(getattr(record, metric))
+        value = getattr(record, metric)
+        if value is not None:
+            cells[label, record.key.domain] = float(value)
     return list(labels), list(domains), cells
 
 
@@ -434,5 +441,9 @@ def _domain_headers(domains: list[Domain]) -> list[str]:
 
 
 def _format_value(value: float, percent: bool) -> str:
-    """Return ``value`` as a percentage with one decimal, or as a fraction with four."""
-    return f"{100 * value:.1f}" if percent else f"{value:.4f}"
+    """Return ``value`` as a percentage with one decimal, a fraction with four, or a plain number."""
+    if percent:
+        return f"{100 * value:.1f}"
+    if abs(value) < 1:
+        return f"{value:.4f}"
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:,.0f}"

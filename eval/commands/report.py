@@ -8,7 +8,7 @@ from pathlib import Path
 from eval.commands.bench import DEFAULT_RESULTS
 from eval.commands.errors import CLIError
 from eval.report import markdown_report, plot_error_over_domains, plot_errors, plot_protocols, protocol_table
-from eval.results import Results, ResultsStore
+from eval.results import METRICS, Results, ResultsStore
 
 NAME = "report"
 HELP = "render tables and plots from a results store"
@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the store, filters and output flags."""
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="SQLite results store")
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    p.add_argument("--metric", choices=list(METRICS), default="error",
+                   help="markdown table value: error, ece, nll, seconds, peak_memory_mb or images_per_second")
     p.add_argument("--by-protocol", action="store_true",
                    help="markdown: one row per method, one column per protocol (mean error over its cells)")
     p.add_argument("--plot-protocols", type=Path, default=None,
@@ -40,7 +42,12 @@ def run(args: argparse.Namespace) -> int:
         results = Results(store.records(**filters))
     if not results:
         raise CLIError(f"no records in {args.results} match {filters or 'anything'}")
-    markdown = (lambda: protocol_table(results)) if args.by_protocol else (lambda: markdown_report(results))
+    if args.by_protocol:
+        markdown = lambda: protocol_table(results)  # noqa: E731
+    elif args.metric != "error":
+        markdown = lambda: results.to_markdown(args.metric)  # noqa: E731
+    else:
+        markdown = lambda: markdown_report(results)  # noqa: E731
     text = {"md": markdown, "csv": results.to_csv, "json": results.to_json}[args.format]()
     print(text)
     if args.plot is not None:

@@ -268,3 +268,14 @@ def test_json_round_trip_keeps_provenance_and_reads_version_1_documents() -> Non
 
 def test_images_per_second_is_n_over_seconds() -> None:
     assert _record(_key(), error=0.5).images_per_second == pytest.approx(100 / 1.5)
+
+
+def test_markdown_shows_throughput_memory_and_nll_and_dashes_for_old_records() -> None:
+    new = Record.from_stats(_key(), CellStats(0.5, 0.1, 300, 2.0, nll=0.75, peak_memory_mb=812.25))
+    old = _record(_key(corruption="fog"), error=0.4)
+    table = Results([new, old]).to_markdown("peak_memory_mb")
+    assert "| tent | 812 | – | 812* |" in table
+    assert "| tent | 150 |" in Results([new]).to_markdown("images_per_second")
+    assert "| tent | 0.7500 |" in Results([new]).to_markdown("nll")
+    with pytest.raises(ValueError, match="metric must be one of"):
+        Results([new]).to_markdown("speed")  # type: ignore[arg-type]
