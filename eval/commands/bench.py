@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from eval.bench import BenchSpec, run_bench
+from eval.bench import BenchSpec, IncompleteBench, run_bench
 from eval.commands.errors import CLIError
 from eval.commands.options import parse_options, split_csv
-from eval.commands.progress import progress_bar
+from eval.commands.progress import BenchProgress, progress_bar
 from eval.corruptions import DEFAULT_CORRUPTIONS, list_corruptions
+from eval.executors import EXECUTORS, Executor, create_executor
 from eval.models import DEFAULT_CHECKPOINT
 from eval.protocols import list_protocols
 from eval.results import Results, ResultsStore
@@ -59,18 +59,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
                    help="onnx: export each method (source frozen, norm adaptive) and score it in onnxruntime")
+    p.add_argument("--executor", default="local", choices=list(EXECUTORS),
+                   help="where cells run: local (this process) or ray (one Ray task per unit; pip install '.[ray]'); "
+                        "either way this process alone writes --results")
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="ray: the cluster to join (auto: the one started here by `ray start`); default: "
+                        "RAY_ADDRESS, else a private Ray instance on this machine")
+    p.add_argument("--cpus-per-cell", type=float, default=None, help="ray: CPU cores each task reserves (default 1)")
+    p.add_argument("--gpus-per-cell", type=float, default=None,
+                   help="ray: GPUs each task reserves, fractions share a GPU (default 0; needed for --device cuda)")
+    p.add_argument("--max-retries", type=int, default=None,
+                   help="times a failing unit is run again before it is reported (default: 0 local, 2 ray)")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                    help="SQLite results store; finished cells are kept and skipped on rerun")
     p.add_argument("--out", type=Path, default=None, help="also write the table's records (.json, .csv or .md)")
-
-
-def resolve_device(device: str) -> str:
-    """Return ``device``, with ``auto`` meaning CUDA when available."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _corruption_list(text: str) -> list[str]:
@@ -98,8 +100,32 @@ def build_spec(args: argparse.Namespace) -> BenchSpec:
         methods=tuple(methods), options=parse_options(args.option, methods),
         corruptions=tuple(_corruption_list(args.corruptions)), severities=severities,
         protocol=args.protocol, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
-        suite=suite, device=resolve_device(args.device), runtime=args.runtime, online_cost=online,
+        suite=suite, device=args.device, runtime=args.runtime, online_cost=online,
     )
+
+
+def build_executor(args: argparse.Namespace) -> Executor:
+    """Return the executor the flags ask for.
+
+    Raises:
+        CLIError: If a Ray flag comes without ``--executor ray``, a value is out of range, or Ray is missing.
+    """
+    retries = {} if args.max_retries is None else {"max_retries": args.max_retries}
+    if args.executor != "ray":
+        given = [flag for flag, value in (("--ray-address", args.ray_address), ("--cpus-per-cell", args.cpus_per_cell),
+                                          ("--gpus-per-cell", args.gpus_per_cell)) if value is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} only apply to --executor ray, got --executor {args.executor}")
+        return create_executor(args.executor, **retries)
+    gpus = args.gpus_per_cell or 0.0
+    if args.device.startswith("cuda") and gpus <= 0:
+        raise CLIError(f"--device {args.device} with --executor ray needs --gpus-per-cell > 0 "
+                       "(Ray hides the GPUs from tasks that reserve none)")
+    try:
+        return create_executor("ray", address=args.ray_address, cpus_per_unit=args.cpus_per_cell or 1.0,
+                               gpus_per_unit=gpus, **retries)
+    except (ImportError, ValueError) as error:
+        raise CLIError(str(error)) from None
 
 
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
@@ -119,33 +145,36 @@ def write_results(results: Results, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark, print the markdown table; 130 when interrupted (finished cells are kept)."""
+    """Run the benchmark, print the markdown table.
+
+    Returns 0 when every cell is stored, 1 when some units failed after their retries (the others
+    are stored and listed), 130 when interrupted (finished cells are kept).
+    """
     try:
         spec = build_spec(args)
     except ImportError as error:  # --runtime onnx without the onnx extra
         raise CLIError(str(error)) from None
-    bar = progress_bar("bench", "batch")
-
-    def on_start(total: int, stored: int) -> None:
-        bar.reset(total=total)
-        if stored:
-            bar.write(f"resuming: {stored} cell(s) already in {args.results}, not recomputed", file=sys.stderr)
-
-    def on_batch(item: Any, _logits: Any) -> None:
-        bar.set_postfix_str(str(item.domain), refresh=False)
-        bar.update(1)
-
+    executor = build_executor(args)
+    progress = BenchProgress(progress_bar("bench", "batch"))
+    status = 0
     with ResultsStore(args.results) as store:
         try:
-            results = run_bench(spec, store, on_start=on_start, on_batch=on_batch)
+            results = run_bench(spec, store, executor=executor,
+                                on_start=lambda total, stored: progress.start(total, stored, where=str(args.results)),
+                                on_batch=progress.batch, on_unit=progress.unit)
         except KeyboardInterrupt:
-            bar.close()
+            progress.close()
             print(f"interrupted: finished cells are saved in {args.results}; rerun the same command to resume",
                   file=sys.stderr)
             return 130
+        except IncompleteBench as incomplete:
+            progress.close()
+            print(f"tta: error: {incomplete}\nthe other cells are saved in {args.results}; rerun the same command "
+                  "to retry only the missing ones", file=sys.stderr)
+            results, status = incomplete.results, 1
         finally:
-            bar.close()
+            progress.close()
     print(results.to_markdown())
     if args.out is not None:
         write_results(results, args.out)
-    return 0
+    return status

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
-__all__ = ["progress_bar"]
+from eval.domains import Domain
+from eval.executors import UnitOutcome
+from eval.protocols import StreamItem
+
+__all__ = ["progress_bar", "BenchProgress"]
 
 
 def progress_bar(desc: str, unit: str, **kwargs: Any) -> tqdm:
@@ -15,3 +22,76 @@ def progress_bar(desc: str, unit: str, **kwargs: Any) -> tqdm:
     interactive = sys.stderr.isatty()
     return tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
                 mininterval=0.2 if interactive else 15.0, **kwargs)
+
+
+class BenchProgress:
+    """The ``tta bench`` bar: batches done, with the domain, the batch within it, the running error
+    of the current cell and images per second.
+
+    Batches run in this process advance the bar one by one; a unit that ran elsewhere (a Ray task)
+    advances it by its batches when it finishes and shows its last cell. The running error is kept
+    as a tensor on the logits' device and read back only when the postfix is redrawn (at most every
+    ``bar.mininterval`` seconds), so the bar adds no per-batch device synchronisation.
+
+    Args:
+        bar: The tqdm bar to drive (see :func:`progress_bar`).
+        clock: Seconds counter (tests pass a fake one).
+    """
+
+    def __init__(self, bar: tqdm, *, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.bar = bar
+        self.clock = clock
+        self._domain: Domain | None = None
+        self._batches = 0
+        self._images = 0
+        self._wrong: torch.Tensor | int = 0
+        self._cell_start = 0.0
+        self._first_images = 0
+        self._drawn = float("-inf")
+        self._unit_batches = 0
+
+    def start(self, total: int, stored: int, *, where: str = "") -> None:
+        """Set the number of batches to run; say how many cells a resumed run skips."""
+        self.bar.reset(total=total)
+        if stored:
+            self.bar.write(f"resuming: {stored} cell(s) already in {where or 'the results store'}, not recomputed",
+                           file=sys.stderr)
+
+    def batch(self, item: StreamItem, logits: torch.Tensor) -> None:
+        """Count one batch of ``item.domain`` scored with ``logits``."""
+        now = self.clock()
+        if item.domain != self._domain:
+            self._domain, self._batches, self._images, self._wrong = item.domain, 0, 0, 0
+            self._cell_start, self._drawn, self._first_images = now, float("-inf"), int(item.y.shape[0])
+        self._batches += 1
+        self._unit_batches += 1
+        self._images += int(item.y.shape[0])
+        self._wrong = self._wrong + (logits.argmax(dim=1) != item.y.to(logits.device)).sum()
+        if now - self._drawn >= self.bar.mininterval:
+            self._drawn = now
+            error = float(self._wrong) / self._images
+            # the clock starts after the cell's first batch, so that batch's images are not in the rate
+            elapsed = now - self._cell_start
+            rate = (self._images - self._first_images) / elapsed if elapsed > 0 else float("nan")
+            self._postfix(str(item.domain), f"{self._batches}", error, rate)
+        self.bar.update(1)
+
+    def unit(self, outcome: UnitOutcome, batches: int) -> None:
+        """Account for a finished unit of ``batches`` batches (those not already counted one by one)."""
+        self.bar.update(max(0, batches - self._unit_batches))
+        self._unit_batches = 0
+        if not outcome.cells:
+            return
+        domain, stats = list(outcome.cells.items())[-1]
+        if self._domain != domain or self._batches == 0:  # ran elsewhere: show the unit's last cell
+            rate = stats.n / stats.seconds if stats.seconds > 0 else float("nan")
+            self._postfix(f"{outcome.unit.method}/{domain}", "done", stats.error, rate)
+            self.bar.refresh()
+
+    def _postfix(self, domain: str, batch: str, error: float, rate: float) -> None:
+        self.bar.set_postfix_str(f"domain={domain} batch={batch} err={100 * error:.1f}% {rate:,.0f} img/s",
+                                 refresh=False)
+
+    def close(self) -> None:
+        """Close the bar."""
+        self.bar.close()

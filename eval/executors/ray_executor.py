@@ -1,0 +1,131 @@
+"""Run units as Ray tasks, on this machine or a cluster; the driver alone writes what comes back.
+
+Each unit is one Ray task with the resources it asks for (``num_cpus``, ``num_gpus``). The task
+receives the small, picklable unit work (a benchmark spec holding *paths*) and re-opens the data and
+the model from those paths on its node, so no dataset or weight tensor goes through the object store;
+only the finished cells (a few numbers per domain) come back. Ray retries a task whose worker died or
+which raised, at most ``max_retries`` times; a task that still fails is reported and the rest of the
+grid goes on.
+
+Ray is an optional dependency (``pip install 'tta-plugin[ray]'``); it is imported only when this
+executor runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from eval.executors.base import BatchHook, CellSink, Executor, UnitFailure, UnitHook, UnitOutcome, UnitWork, WorkUnit
+
+__all__ = ["RayExecutor", "import_ray"]
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'tta-plugin[ray]' (or pip install '.[ray]' in a checkout of this project)"
+
+
+def import_ray() -> Any:
+    """Return the ``ray`` module.
+
+    Raises:
+        ImportError: If Ray is not installed; the message names the extra to install.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(f"the ray executor needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def _run_unit_task(work: UnitWork, unit: WorkUnit) -> UnitOutcome:
+    """The body of one Ray task: run the unit on this node and return its cells."""
+    return work(unit)
+
+
+class RayExecutor(Executor):
+    """Fan units out as Ray tasks and hand their cells to the driver as each task finishes.
+
+    Args:
+        address: Ray cluster to join: ``"auto"`` (a cluster started on this machine with ``ray start``),
+            ``"host:port"`` of the head node, or ``None`` to use ``RAY_ADDRESS`` or start a
+            private local instance for this run.
+        cpus_per_unit: CPU cores each task reserves (Ray's ``num_cpus``; fractions allowed).
+        gpus_per_unit: GPUs each task reserves (Ray's ``num_gpus``; fractions share a GPU).
+        max_retries: Times Ray runs a task again after its worker died or it raised.
+        init_kwargs: Further keyword arguments of ``ray.init`` when this executor starts Ray.
+
+    Raises:
+        ValueError: If a resource request is negative or ``cpus_per_unit`` and ``gpus_per_unit`` are both 0.
+    """
+
+    name = "ray"
+
+    def __init__(self, *, address: str | None = None, cpus_per_unit: float = 1.0, gpus_per_unit: float = 0.0,
+                 max_retries: int = 2, init_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__(max_retries=max_retries)
+        if cpus_per_unit < 0 or gpus_per_unit < 0 or cpus_per_unit + gpus_per_unit == 0:
+            raise ValueError(f"a unit must reserve some CPUs or GPUs, got cpus_per_unit={cpus_per_unit}, "
+                             f"gpus_per_unit={gpus_per_unit}")
+        self.address = address
+        self.cpus_per_unit = cpus_per_unit
+        self.gpus_per_unit = gpus_per_unit
+        self.init_kwargs = dict(init_kwargs or {})
+
+    def run(self, work: UnitWork, units: Sequence[WorkUnit], *, on_cell: CellSink,
+            on_unit: UnitHook | None = None, on_batch: BatchHook | None = None) -> list[UnitFailure]:
+        """Submit every unit as a task, then collect results in completion order (see :meth:`Executor.run`).
+
+        ``on_batch`` is not called: batches run on the workers. On ``KeyboardInterrupt`` the tasks
+        still in flight are cancelled before the interrupt propagates.
+        """
+        ray = import_ray()
+        if not units:
+            return []
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, **self.init_kwargs)
+        try:
+            return self._collect(ray, work, units, on_cell, on_unit)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _collect(self, ray: Any, work: UnitWork, units: Sequence[WorkUnit], on_cell: CellSink,
+                 on_unit: UnitHook | None) -> list[UnitFailure]:
+        task = ray.remote(_run_unit_task).options(
+            num_cpus=self.cpus_per_unit, num_gpus=self.gpus_per_unit,
+            max_retries=self.max_retries, retry_exceptions=True,
+        )
+        work_ref = ray.put(work)  # a spec with paths: a few hundred bytes, shipped once
+        pending = {task.remote(work_ref, unit): unit for unit in units}
+        failures: list[UnitFailure] = []
+        try:
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                unit = pending.pop(ref)
+                try:
+                    outcome: UnitOutcome = ray.get(ref)
+                except ray.exceptions.RayError as err:
+                    failures.append(UnitFailure(unit, self.max_retries + 1, _describe(err)))
+                    logger.warning("%s failed after %d attempt(s): %s", unit, self.max_retries + 1, err)
+                    continue
+                for cell in outcome.finished_cells():
+                    on_cell(cell)
+                if on_unit is not None:
+                    on_unit(outcome)
+        except BaseException:  # Ctrl-C, or the driver failed to store a cell: stop the work in flight
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        return failures
+
+
+def _describe(err: BaseException) -> str:
+    """Return a one-line reason for a failed task: the worker's own exception when there is one."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    first = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {first[0] if first else ''}"
