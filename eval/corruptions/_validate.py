@@ -147,9 +147,15 @@ def validated(fn: _Implementation) -> Corruption:
         if low < 0 or high > 1:  # only round-off within the tolerance is left to clamp
             work = work.clamp(0, 1)
         chunk = max(1, CHUNK_ELEMENTS // max(1, work[0].numel()))
-        parts = [fn(part, level, generator=generator, table=resolved) for part in work.split(chunk)]
-        out = parts[0] if len(parts) == 1 else torch.cat(parts)
-        out = out.clamp(0, 1) if out.data_ptr() == x.data_ptr() else out.clamp_(0, 1)
+        if work.shape[0] <= chunk:
+            out = fn(work, level, generator=generator, table=resolved)
+            out = out.clamp(0, 1) if out.data_ptr() == x.data_ptr() else out.clamp_(0, 1)
+            return out.to(x.dtype)
+        # Each chunk is clamped into the output while it is still in the cache, rather than
+        # concatenated and clamped afterwards (two more passes over the whole batch).
+        out = torch.empty(work.shape, dtype=work.dtype, device=work.device)
+        for part, target in zip(work.split(chunk), out.split(chunk), strict=True):
+            torch.clamp(fn(part, level, generator=generator, table=resolved), 0, 1, out=target)
         return out.to(x.dtype)
 
     return wrapper

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import io
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from PIL import Image
 from torch import Tensor
 
 from eval.corruptions._filters import gaussian_filter
+from eval.corruptions._resize import box_pixelate
 from eval.corruptions._tables import ResolvedTable, SeverityTable
 from eval.corruptions._validate import validated
 
@@ -130,8 +132,9 @@ def pixelate(x: Tensor, severity: int, *, generator: torch.Generator | None, tab
     ``c = PIXELATE_SCALE`` scales the actual height and width (with the ImageNet-C table 28x28
     becomes 16x16 at severity 1 and 7x7 at severity 5). PIL's BOX resampling is reproduced exactly (the
     coefficients of Pillow's ``precompute_coeffs``): each downsampled pixel is the mean of a
-    window of whole input pixels, taken from running sums, and each upsampled pixel reads
-    exactly one downsampled pixel (an index selection); no uint8 rounding happens between the
+    window of whole input pixels and each upsampled pixel reads exactly one downsampled pixel,
+    computed with row sums, column window sums and gathers
+    (:func:`eval.corruptions._resize.box_pixelate`); no uint8 rounding happens between the
     passes. The upsampling uses BOX as the original script does;
     imagecorruptions uses NEAREST, which picks the other neighbour where a sample falls exactly
     between two pixels (for 28x28, one row and column in seven at severities 1 and 4).
@@ -147,24 +150,19 @@ def pixelate(x: Tensor, severity: int, *, generator: torch.Generator | None, tab
     """
     scale = PIXELATE_SCALE.get(table, severity)
     height, width = x.shape[-2:]
-    small = x
-    for dim, size in ((-2, height), (-1, width)):
-        low, high, _ = (t.to(x.device) for t in _pixelate_operators(size, int(size * scale)))
-        small = _window_means(small, dim, low, high)
-    for dim, size in ((-2, height), (-1, width)):
-        small = small.index_select(dim, _pixelate_operators(size, int(size * scale))[2].to(x.device))
-    return small
+    return box_pixelate(x, int(height * scale), int(width * scale))
 
 
 @validated
 def jpeg_compression(x: Tensor, severity: int, *, generator: torch.Generator | None, table: ResolvedTable) -> Tensor:
     """Encode as JPEG at the table's ``JPEG_QUALITY`` and decode again.
 
-    Values are rounded to uint8 first. The images go through libjpeg on the CPU with
-    ``torchvision.io.encode_jpeg``/``decode_jpeg`` (a batch per call), which produce the same
-    bytes and pixels as the reference's PIL save and load (RGB stored as YCbCr with 4:2:0
-    chroma subsampling; checked against PIL in the tests) at a third of PIL's per-image cost;
-    the result returns to the input's device. A one-channel image is saved as a grayscale JPEG;
+    Values are rounded to uint8 and interleaved to ``(H, W, C)`` first (on the input's device).
+    The images go through libjpeg on the CPU with ``torchvision.io.encode_jpeg``/``decode_jpeg``
+    (a batch per call), which produce the same bytes and pixels as the reference's PIL save and
+    load (RGB stored as YCbCr with 4:2:0 chroma subsampling; checked against PIL in the tests)
+    without PIL's per-image overhead; each decoded image is written straight into the float
+    output on the input's device. A one-channel image is saved as a grayscale JPEG;
     imagecorruptions converts it to RGB, compresses and converts back, which quantises luma with
     the same table (the results agreed exactly in our comparisons).
 
@@ -178,34 +176,62 @@ def jpeg_compression(x: Tensor, severity: int, *, generator: torch.Generator | N
         The decoded images in multiples of 1/255, same shape, dtype and device as ``x``.
     """
     quality = JPEG_QUALITY.get(table, severity)
-    images = list(x.mul(255).round_().to(device="cpu", dtype=torch.uint8))
-    decoded = torch.stack(_jpeg_round_trip(images, quality))
-    return decoded.to(device=x.device, dtype=x.dtype).div_(255)
+    decoded = _jpeg_round_trip(_to_uint8_hwc(x).cpu(), quality)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    for target, image in zip(out, decoded, strict=True):
+        target.copy_(image.permute(2, 0, 1))
+    return out.div_(255)
 
 
-def _jpeg_round_trip(images: list[Tensor], quality: int) -> list[Tensor]:
-    """Return uint8 ``(C, H, W)`` images after a JPEG encode and decode at ``quality``.
+def _to_uint8_hwc(x: Tensor) -> Tensor:
+    """Return ``round(255 x)`` as uint8 ``(B, H, W, C)``, the interleaved layout libjpeg reads.
+
+    The channels are interleaved here, once per batch, rather than by the codec, which copies
+    each ``(C, H, W)`` image to ``(H, W, C)`` itself (a slower strided copy).
+    """
+    pixels = x.mul(255).round_().to(torch.uint8)
+    if x.shape[1] == 1:
+        return pixels.permute(0, 2, 3, 1)
+    return torch.stack(pixels.unbind(1), dim=-1)  # interleaving bytes moves a quarter of the data of floats
+
+
+def _jpeg_round_trip(images: Tensor, quality: int) -> list[Tensor]:
+    """Return the uint8 ``(H, W, C)`` images of ``images`` (``(B, H, W, C)``, CPU) after a JPEG encode and decode.
 
     torchvision's libjpeg codec, whose output equals PIL's; torchvision 0.29 deprecates it in
     favour of TorchCodec, so PIL (the reference's codec) takes over where it is gone.
     """
+    codec = _torchvision_jpeg()
+    if codec is None:
+        return [_pil_jpeg_round_trip(image, quality) for image in images]
+    encode, decode = codec
+    with warnings.catch_warnings():  # each call warns of the deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # (C, H, W) views of the interleaved images: the codec's own (H, W, C) copy is a no-op.
+        decoded = decode(encode(list(images.permute(0, 3, 1, 2)), quality=quality))
+    return [image.permute(1, 2, 0) for image in decoded]
+
+
+@functools.cache
+def _torchvision_jpeg() -> tuple[Callable[..., list[Tensor]], Callable[..., list[Tensor]]] | None:
+    """Return torchvision's ``(encode_jpeg, decode_jpeg)``, or ``None`` where it no longer has them."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             from torchvision.io import decode_jpeg, encode_jpeg
-
-            return list(decode_jpeg(encode_jpeg(images, quality=quality)))
     except (ImportError, AttributeError):
-        return [_pil_jpeg_round_trip(image, quality) for image in images]
+        return None
+    return encode_jpeg, decode_jpeg
 
 
 def _pil_jpeg_round_trip(image: Tensor, quality: int) -> Tensor:
-    array = image.permute(1, 2, 0).numpy()
+    """Return one uint8 ``(H, W, C)`` image after a JPEG save and load with PIL, as the reference does."""
+    array = image.numpy()
     buffer = io.BytesIO()
     Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="JPEG", quality=quality)
     buffer.seek(0)
     with Image.open(buffer) as decoded:
-        return torch.from_numpy(np.asarray(decoded).reshape(array.shape).copy()).permute(2, 0, 1)
+        return torch.from_numpy(np.asarray(decoded).reshape(array.shape).copy())
 
 
 @validated
@@ -320,45 +346,3 @@ def _sample(x: Tensor, source_x: Tensor, source_y: Tensor, *, align_corners: boo
         grid_x, grid_y = (2 * source_x + 1) / width - 1, (2 * source_y + 1) / height - 1
     grid = torch.stack(torch.broadcast_tensors(grid_x, grid_y), dim=-1).expand(x.shape[0], -1, -1, -1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=align_corners)
-
-
-@functools.lru_cache(maxsize=64)
-def _pixelate_operators(size: int, small: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Return the BOX downsampling windows ``[low, high)`` (``small`` each) and the upsampling source index."""
-    inside = _box_resize_matrix(size, small) > 0
-    low = inside.to(torch.int64).argmax(dim=1)
-    high = size - inside.flip(1).to(torch.int64).argmax(dim=1)
-    return low, high, _box_resize_matrix(small, size).argmax(dim=1)
-
-
-def _window_means(x: Tensor, dim: int, low: Tensor, high: Tensor) -> Tensor:
-    """Return the means of ``x`` over the index windows ``[low, high)`` along ``dim``, from running sums."""
-    pad = [0, 0, 0, 0]
-    pad[2 if dim == -2 else 0] = 1
-    totals = F.pad(x.cumsum(dim), pad)
-    shape = [1, 1, 1, 1]
-    shape[dim] = -1
-    count = (high - low).to(x.dtype).view(shape)
-    return (totals.index_select(dim, high) - totals.index_select(dim, low)) / count
-
-
-def _box_resize_matrix(in_size: int, out_size: int) -> Tensor:
-    """Return Pillow's BOX resampling coefficients as an ``(out_size, in_size)`` float64 matrix.
-
-    As ``precompute_coeffs`` in Pillow's ``libImaging/Resample.c``: output pixel ``i`` samples
-    around ``center = (i + 0.5) * scale``; the box filter (1 on ``(-0.5, 0.5]``) is stretched by
-    ``max(scale, 1)`` when downsampling, evaluated at input pixel centres inside the rounded
-    support window ``[int(center - support + 0.5), int(center + support + 0.5))``, and each row
-    is normalised to sum 1. The arithmetic is done in the same order as Pillow's, in float64.
-    """
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = 0.5 * filterscale
-    centers = (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale
-    low = (centers - support + 0.5).trunc().clamp(min=0)
-    high = (centers + support + 0.5).trunc().clamp(max=in_size)
-    taps = torch.arange(in_size, dtype=torch.float64)
-    arg = (taps - centers[:, None] + 0.5) * (1.0 / filterscale)
-    inside = (taps >= low[:, None]) & (taps < high[:, None]) & (arg > -0.5) & (arg <= 0.5)
-    weights = inside.to(torch.float64)
-    return weights / weights.sum(dim=1, keepdim=True).clamp(min=1)

@@ -21,6 +21,7 @@ from eval.corruptions import (
 from eval.corruptions import _validate
 from eval.corruptions._filters import filter2d_reflect101
 from eval.corruptions._frost import FROST_TEXTURES, frost_texture
+from eval.corruptions._resize import _box_axis
 from eval.corruptions.blur import DEFOCUS_BLUR_DISK, _disk_kernel
 from eval.corruptions.digital import CONTRAST_FACTOR, JPEG_QUALITY, PIXELATE_SCALE, brightness, pixelate, saturate
 from eval.corruptions.noise import GAUSSIAN_NOISE_STD, IMPULSE_NOISE_AMOUNT, SHOT_NOISE_RATE
@@ -174,6 +175,18 @@ def test_corruption_chunks_large_batches(monkeypatch: pytest.MonkeyPatch) -> Non
         chunked = corrupt(x, name, 2, generator=seeded(1))
         assert torch.equal(chunked, corrupt(x, name, 2, generator=seeded(1)))
         assert chunked.shape == whole[name].shape
+
+
+def test_corruption_chunks_give_the_unchunked_output_and_check_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = make_image(3, 40, 36, batch=5)
+    whole = {name: corrupt(x, name, 2) for name in ("pixelate", "jpeg_compression", "contrast")}
+    monkeypatch.setattr(_validate, "CHUNK_ELEMENTS", 2 * x[0].numel())  # chunks of 2, 2 and 1 images
+    for name, expected in whole.items():
+        chunked = corrupt(x, name, 2)
+        assert chunked.is_contiguous() and torch.allclose(chunked, expected, atol=1e-6), name
+    x[4, 1, 3, 3] = float("nan")  # in the last chunk
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        corrupt(x, "pixelate", 2)
 
 
 # ---------------------------------------------------------------- tables
@@ -330,16 +343,35 @@ def test_pixelate_matches_pil_box_resize(channels: int) -> None:
             assert np.abs(ours - expected).max() <= 1.0 + 1e-9  # PIL rounds to uint8 after each pass
 
 
+@pytest.mark.parametrize(("height", "width"), [(13, 17), (30, 41), (224, 224)])
+def test_pixelate_equals_pil_box_resize_of_float_images(height: int, width: int) -> None:
+    # Pillow resizes float ("F") images with the same BOX windows and no uint8 rounding, so the
+    # two agree to float precision; 13 -> 6 skips a pixel and 30 -> 28 (CIFAR severity 1) has
+    # two windows sharing one, which takes the window-sum path for the rows.
+    assert not _box_axis(30, 28, torch.device("cpu")).disjoint
+    x = torch.rand(1, 1, height, width, generator=seeded(0), dtype=torch.float64)
+    image = Image.fromarray(x[0, 0].numpy().astype(np.float32))
+    for table in ("imagenet", "cifar"):
+        for severity, scale in zip(SEVERITIES, getattr(PIXELATE_SCALE, table), strict=True):
+            small = image.resize((int(width * scale), int(height * scale)), Image.Resampling.BOX)
+            expected = np.asarray(small.resize((width, height), Image.Resampling.BOX), dtype=np.float64)
+            ours = pixelate(x, severity, table=table)[0, 0].numpy()
+            assert np.abs(ours - expected).max() < 1e-6, (table, severity)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
-def test_jpeg_compression_matches_pil_save_and_load(channels: int) -> None:
-    image_u8 = np.round(to_numpy_hwc(make_image(channels, 32, 32, batch=1)) * 255).astype(np.uint8)
-    x_u8 = from_numpy_hwc(image_u8 / 255.0)
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (37, 29)])
+def test_jpeg_compression_matches_pil_save_and_load(channels: int, height: int, width: int) -> None:
+    batch = make_image(channels, height, width, batch=2)
+    batch_u8 = np.round(batch.double().permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+    x_u8 = torch.from_numpy(batch_u8 / 255.0).permute(0, 3, 1, 2)
     for severity, quality in zip(SEVERITIES, JPEG_QUALITY.cifar, strict=True):
-        buffer = io.BytesIO()
-        Image.fromarray(image_u8).save(buffer, "JPEG", quality=quality)
-        expected = np.asarray(Image.open(buffer), dtype=np.float64)
-        ours = to_numpy_hwc(corrupt(x_u8, "jpeg_compression", severity)) * 255
-        assert np.abs(ours - expected).max() < 1e-6
+        ours = corrupt(x_u8, "jpeg_compression", severity).permute(0, 2, 3, 1).numpy() * 255
+        for image_u8, image_ours in zip(batch_u8, ours, strict=True):
+            buffer = io.BytesIO()
+            Image.fromarray(image_u8[..., 0] if channels == 1 else image_u8).save(buffer, "JPEG", quality=quality)
+            expected = np.asarray(Image.open(buffer), dtype=np.float64).reshape(image_u8.shape)
+            assert np.abs(image_ours - expected).max() < 1e-6, severity
 
 
 def test_plasma_fractal_spans_zero_to_one_and_smooths_with_decay() -> None:
@@ -391,7 +423,7 @@ def test_corruption_runs_on_the_input_device(name: str) -> None:
     x_cuda = x.to("cuda")
     y = corrupt(x_cuda, name, 3, generator=torch.Generator(device="cuda").manual_seed(0))
     assert y.device == x_cuda.device and y.shape == x.shape
-    if name in DETERMINISTIC and name != "jpeg_compression":
+    if name in DETERMINISTIC:  # jpeg_compression too: the same libjpeg round trip on the CPU
         assert torch.allclose(y.cpu(), corrupt(x, name, 3), atol=1e-5)
     with pytest.raises(ValueError, match="generator is on cpu"):
         corrupt(x_cuda, name, 3, generator=seeded(0))
