@@ -234,7 +234,8 @@ class BenchWork:
         device = resolve_device(spec.device)
         suite = self.suite()
         suite.model.to(device)
-        adapter = tta.wrap(suite.model, unit.method, **spec.options.get(unit.method, {})).to(device)
+        options = {**suite.method_defaults(unit.method), **spec.options.get(unit.method, {})}
+        adapter = tta.wrap(suite.model, unit.method, **options).to(device)
         loaders = {
             d: suite.loader(d, batch_size=spec.batch_size, seed=spec.seed, limit=spec.limit, device=device)
             for d in unit.domains

@@ -75,6 +75,18 @@ class Suite:
         self.spec, self.name, self.model, self.model_name = spec, name, model, model_name
         self._fmnist: tuple[Tensor, Tensor] | None = None
 
+    def method_defaults(self, method: str) -> dict[str, object]:
+        """Options a method needs from this suite unless the user gives them (DDA's source diffusion model).
+
+        The embedded default ships its own diffusion model (``eval/assets/fmnist_ddpm.pt``); other suites
+        need ``--option dda.denoiser=<checkpoint>``, and DDA says so when it is missing.
+        """
+        if method == "dda" and self.spec.dataset == "fmnist-c":
+            from eval.diffusion_training import DEFAULT_DIFFUSION_CHECKPOINT
+
+            return {"denoiser": str(DEFAULT_DIFFUSION_CHECKPOINT)}
+        return {}
+
     def check(self, domains: Sequence[Domain]) -> None:
         """Raise listing every missing or truncated file/folder of the requested domains, before any work."""
         root = self.spec.data_root

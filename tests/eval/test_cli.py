@@ -97,3 +97,13 @@ def test_clean_domain_runs_once_at_severity_zero(fmnist_dir, checkpoint, tmp_pat
     with ResultsStore(tmp_path / "r.sqlite") as store:
         domains = sorted({str(r.key.domain) for r in store.records()})
     assert domains == ["clean", "contrast-3", "contrast-5"]
+
+
+def test_dda_on_the_embedded_default_finds_the_shipped_diffusion_model(fmnist_dir, checkpoint, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    args = _bench_args(fmnist_dir, checkpoint, tmp_path / "r.sqlite")
+    args[args.index("--methods") + 1] = "dda"
+    args += ["--option", "dda.respacing=10", "--option", "dda.start_step=2", "--corruptions", "gaussian_noise"]
+    assert main(args) == 0  # no --option dda.denoiser: the suite supplies eval/assets/fmnist_ddpm.pt
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        (record,) = store.records(method="dda")
+    assert 0.0 <= record.error <= 1.0 and record.n > 0

@@ -7,16 +7,20 @@ import torch
 
 import tta
 from tests.helpers import clone_state, state_equal, tiny_classifier
+from tests.tta.projection.tiny_denoiser import TinyDenoiser
 
 METHODS = tta.list_methods()
 # Which parameters each method may change: none (False), the norm layers' affine ones ("norm"), or all.
 CHANGES_PARAMS: dict[str, bool | str] = {
-    "source": False, "norm": False, "tent": "norm", "cotta": "all", "lame": False,
+    "source": False, "norm": False, "tent": "norm", "cotta": "all", "lame": False, "dda": False,
 }
 # Methods whose state (parameters, buffers, optimizer) never changes while predicting.
 STATELESS = {"source", "lame"}
 # Options a method needs on the tiny model (LAME: its head has no conventional name) or to stay fast.
-OPTIONS: dict[str, dict[str, object]] = {"lame": {"head": "8"}, "cotta": {"num_augmentations": 2}}
+OPTIONS: dict[str, dict[str, object]] = {
+    "lame": {"head": "8"}, "cotta": {"num_augmentations": 2},
+    "dda": {"denoiser": TinyDenoiser(), "respacing": 10, "start_step": 2},  # DDA's state: its noise counter
+}
 
 
 def _wrap(model: torch.nn.Module, method: str, **kwargs: object) -> tta.TTAMethod:
