@@ -27,6 +27,11 @@ def check_stats_options(stats: str, momentum: float, prior: float) -> None:
         raise ValueError(f"prior must be in [0, 1] (0 = pure batch statistics), got {prior}")
 
 
+def _accumulation_input(x: Tensor) -> Tensor:
+    """Return ``x`` in float32 when it is float16/bfloat16, so batch statistics are not rounded to 8-11 bits."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _channel_shape(x: Tensor) -> list[int]:
     return [1, x.shape[1]] + [1] * (x.dim() - 2)
 
@@ -158,7 +163,7 @@ class AdaptiveBatchNorm(nn.Module):
 
     def _forward_mix(self, x: Tensor) -> Tensor:
         dims = [0] + list(range(2, x.dim()))
-        var, mean = torch.var_mean(x, dim=dims, correction=0)
+        var, mean = torch.var_mean(_accumulation_input(x), dim=dims, correction=0)
         mean = self.prior * self.source_mean + (1.0 - self.prior) * mean
         var = self.prior * self.source_var + (1.0 - self.prior) * var
         if self.update_stats:
@@ -176,7 +181,7 @@ class AdaptiveBatchNorm(nn.Module):
             self._check_batch(x)
             dims = [0] + list(range(2, x.dim()))
             with torch.no_grad():
-                var, mean = torch.var_mean(x.detach(), dim=dims, correction=1)
+                var, mean = torch.var_mean(_accumulation_input(x.detach()), dim=dims, correction=1)
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
                 self.running_var.lerp_(var.to(self.running_var.dtype), self.momentum)
         return self._normalize_with(x, self.running_mean, self.running_var)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -12,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from adapters_bn import freeze_statistics
+from adapters_bn import freeze_statistics, iter_adaptive
 
 __all__ = ["TTAMethod", "check_batch"]
 
@@ -61,6 +62,7 @@ class TTAMethod(nn.Module):
         self._frozen = False
         self._snapshot: tuple[dict[str, Tensor], list[dict[str, Any]]] | None = None
         self._lock = threading.RLock()  # serializes adaptation across threads
+        self._warned_batch_of_one = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
@@ -102,6 +104,8 @@ class TTAMethod(nn.Module):
                 "call it under torch.no_grad() or no context instead, or use adapter.frozen() to predict only"
             )
         self._check_against_model(x)
+        if x.shape[0] == 1:
+            self._warn_batch_of_one()
         saved = [buffer.clone() for buffer in self.buffers()]
         try:
             with torch.enable_grad() if self.uses_grad else torch.no_grad():
@@ -136,6 +140,16 @@ class TTAMethod(nn.Module):
                 f"x.to({param.dtype}) or call inside torch.autocast"
             )
 
+    def _warn_batch_of_one(self) -> None:
+        if self._warned_batch_of_one or not any(layer.stats == "batch" for _, layer in iter_adaptive(self.model)):
+            return
+        self._warned_batch_of_one = True
+        warnings.warn(
+            f"{type(self).__name__} normalizes with the statistics of a batch of 1 image, which are too noisy "
+            "to adapt well (a batch-1 stream can end far worse than the source model); build it with "
+            "stats='ema' for batch-size-1 streams (docs/production.md)", RuntimeWarning, stacklevel=4,
+        )
+
     def snapshot(self) -> None:
         """Capture the current state (parameters, buffers, optimizer states) as the reset point."""
         state = {k: v.detach().clone() for k, v in self.state_dict(keep_vars=True).items()}
@@ -164,6 +178,11 @@ class TTAMethod(nn.Module):
 
         with self._lock:
             load_state(self, path)
+
+    @property
+    def is_adapting(self) -> bool:
+        """Whether ``forward`` adapts now (``False`` inside :meth:`frozen`)."""
+        return not self._frozen
 
     @contextmanager
     def frozen(self) -> Iterator[TTAMethod]:

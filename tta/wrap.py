@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 from torch import nn
 
 from tta.base import TTAMethod
+from tta.checkpoint import PeriodicCheckpoint, resume as resume_state
 from tta.guard import CollapseGuard
 from tta.registry import create_adapter
 
@@ -15,7 +17,15 @@ __all__ = ["wrap"]
 
 
 def wrap(
-    model: nn.Module, method: str = "norm", *, inplace: bool = False, production: bool = False, **hparams: Any
+    model: nn.Module,
+    method: str = "norm",
+    *,
+    inplace: bool = False,
+    production: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1000,
+    resume: str | os.PathLike[str] | None = None,
+    **hparams: Any,
 ) -> TTAMethod | CollapseGuard:
     """Return ``model`` wrapped by adaptation method ``method``, an ``nn.Module`` that predicts and adapts.
 
@@ -26,11 +36,17 @@ def wrap(
         production: Guard the method against collapse (:class:`tta.guard.CollapseGuard`, policy
             ``reset``): a frozen copy of ``model`` answers batches where adaptation collapsed. Off by
             default so that benchmarks run each paper's method unmodified.
+        checkpoint: Write the full adaptation state to this file every ``checkpoint_every`` adapted
+            batches, atomically (:class:`tta.checkpoint.PeriodicCheckpoint`).
+        checkpoint_every: Batches between two checkpoint writes.
+        resume: Load the adaptation state saved at this path, if the file exists (else start from
+            the source model); pass the ``checkpoint`` path to continue after a restart.
         **hparams: Keyword options of the method's ``from_model`` builder.
 
     Raises:
         TypeError: if ``model`` is not an ``nn.Module`` or an option is unknown to the method.
-        ValueError: unknown method name, or a model the method cannot adapt.
+        ValueError: unknown method name, a model the method cannot adapt, a ``resume`` file that
+            is not a state of this method and model, or ``checkpoint_every`` below 1.
 
     Example:
         >>> import torch, tta
@@ -47,5 +63,10 @@ def wrap(
         raise TypeError("model is already wrapped; wrap the underlying model (adapter.model) instead")
     source = copy.deepcopy(model) if production else None
     target = model if inplace else copy.deepcopy(model)
+    saver = None if checkpoint is None else PeriodicCheckpoint(checkpoint, every=checkpoint_every)
     adapter = create_adapter(method, target, **hparams)
+    if resume is not None:
+        resume_state(adapter, resume)
+    if saver is not None:
+        saver.attach(adapter)
     return adapter if source is None else CollapseGuard(adapter, source)

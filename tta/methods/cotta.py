@@ -36,7 +36,9 @@ Differences from the reference implementation:
   (by default: all at once on accelerators, one copy per forward on CPU, where larger batches
   measured no faster), instead of 32 separate forwards. Where BatchNorm uses batch statistics, a
   chunk of copies runs under ``torch.func.vmap``, so each copy is still normalized by its own
-  statistics, as in the official separate forwards.
+  statistics, as in the official separate forwards. Where vmap has no rule for a kernel (cuDNN
+  convolutions on channels_last tensors raise "NYI ... inside of vmap"), the copies go through
+  separate forwards from then on.
 - The CIFAR code computes the augmented forwards on every batch and discards them when the anchor
   is confident; they are only computed when used here (the ImageNet code does the same).
 - Randomness (augmentation draws, noise, restore masks) comes from generators seeded from ``seed``
@@ -48,6 +50,11 @@ Differences from the reference implementation:
   ``collect_params`` and restore loop select (all parameters of CNNs; parameters with other names,
   such as a ViT's class token or position embedding, stay fixed in both).
 - ``frozen()`` predicts with the teacher's logits on the batch itself (no augmentation).
+- ``stats="ema"`` (off by default) is for batch-size-1 streams, where one image's statistics are too
+  noisy: the student's BatchNorm layers keep EMA target statistics (momentum ``bn_momentum``) and the
+  teacher and anchor normalize with the same current estimate, as in the official code all three use
+  the same test-batch statistics. Large benchmark code (mariodoebler/test-time-adaptation) handles
+  batch size 1 with a sliding window of recent samples instead; EMA statistics need no window.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from adapters_bn import adapt_batchnorm, iter_adaptive
+from adapters_bn import BNStats, adapt_batchnorm, iter_adaptive
 from tta.augment import augment_copies, sample_augment_params
 from tta.base import TTAMethod
 from tta.ema import detached_copy, ema_update_
@@ -66,7 +73,7 @@ from tta.losses import soft_cross_entropy, symmetric_cross_entropy
 from tta.params import requires_grad_only
 from tta.registry import register_adapter
 
-__all__ = ["CoTTA", "PRESETS", "configure_model", "collect_params", "stochastic_restore_"]
+__all__ = ["CoTTA", "PRESETS", "configure_model", "collect_params", "share_statistics_", "stochastic_restore_"]
 
 # cifar10: cfgs/cifar10/cotta.yaml (OPTIM.METHOD Adam, LR 1e-3, BETA 0.9, WD 0, MT 0.999, RST 0.01,
 # AP 0.92) and the plain soft cross-entropy of cifar/cotta.py. imagenet: imagenet/cfgs/10orders/cotta/*.yaml
@@ -80,13 +87,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def configure_model(model: nn.Module) -> nn.Module:
+def configure_model(model: nn.Module, stats: BNStats = "batch", momentum: float = 0.1) -> nn.Module:
     """Mode: BN layers on test-batch statistics, model in ``eval()``, weights and biases require grad.
 
     The official code sets ``requires_grad`` on every parameter but updates only those named
     ``weight``/``bias``; leaving the others without gradients changes no result and saves memory.
+    ``stats="ema"`` keeps EMA target statistics instead, for batch-size-1 streams.
     """
-    model = adapt_batchnorm(model, stats="batch").eval()
+    model = adapt_batchnorm(model, stats=stats, momentum=momentum).eval()
     return requires_grad_only(model, [name for name, _ in collect_params(model)])
 
 
@@ -106,6 +114,20 @@ def stochastic_restore_(
     for param, src in zip(params, source):
         mask = torch.rand(param.shape, generator=generator, device=param.device) < prob
         param.copy_(torch.where(mask, src, param))
+
+
+@torch.no_grad()
+def share_statistics_(student: nn.Module, *copies: nn.Module) -> None:
+    """Copy the student's current EMA statistics into ``copies`` (teacher, anchor), in place.
+
+    Only layers in ``ema`` mode are copied: in ``batch`` mode every model uses its own batch's.
+    """
+    layers = [layer for _, layer in iter_adaptive(student)]
+    for model in copies:
+        for layer, other in zip(layers, (m for _, m in iter_adaptive(model))):
+            if layer.stats == "ema":
+                other.running_mean.copy_(layer.running_mean)
+                other.running_var.copy_(layer.running_var)
 
 
 def _seed(seed: int, step: int) -> int:
@@ -166,6 +188,7 @@ class CoTTA(TTAMethod):
         self._restored = [(p, name) for name, p in model.named_parameters() if id(p) in updated]
         self._sources = [anchor_params[name] for _, name in self._restored]
         self.register_buffer("step_count", torch.zeros((), dtype=torch.int64))
+        self._vmap_works = True  # a speed choice only; set False when vmap fails on these kernels
         self.snapshot()
 
     @staticmethod
@@ -196,11 +219,25 @@ class CoTTA(TTAMethod):
             if len(copies) == 1:
                 logits = self.teacher(copies[0]).unsqueeze(0)
             elif coupled:  # one forward, each copy still normalized by its own batch statistics
-                logits = torch.func.vmap(self.teacher)(copies)
+                logits = self._coupled_teacher_logits(copies)
             else:
                 logits = self.teacher(copies.flatten(0, 1)).unflatten(0, copies.shape[:2])
             total = logits.sum(0) if total is None else total + logits.sum(0)
         return total / len(params)
+
+    def _coupled_teacher_logits(self, copies: Tensor) -> Tensor:
+        """Return the teacher's logits on each copy ``(N, B, ...)``, each normalized by its own statistics."""
+        if self._vmap_works:
+            try:
+                return torch.func.vmap(self.teacher)(copies)
+            except RuntimeError as error:
+                # Some kernels have no vmap rule (on CUDA, cuDNN convolutions asking whether a
+                # tensor is channels_last raise "NYI ... inside of vmap"): fall back for good to
+                # separate forwards, the official code's loop, which give the same logits.
+                if "vmap" not in str(error):
+                    raise
+                self._vmap_works = False
+        return torch.stack([self.teacher(c) for c in copies])
 
     def _copies_per_forward(self, x: Tensor) -> int:
         if self.max_images is not None:
@@ -220,10 +257,11 @@ class CoTTA(TTAMethod):
         """Objective and update: student step towards the teacher, EMA, stochastic restore."""
         cpu_gen, device_gen = self.step_generators(x.device)
         student_logits = self.model(x)
+        share_statistics_(self.model, self.teacher, self.anchor)
         with torch.no_grad():
             target = self.teacher_target(x, cpu_gen, device_gen)
         loss_fn = symmetric_cross_entropy if self.symmetric_loss else soft_cross_entropy
-        loss_fn(student_logits, target).mean(0).backward()
+        loss_fn(student_logits.float(), target.float()).mean(0).backward()  # float32 loss under autocast
         self.optimizer.step()
         self.optimizer.zero_grad()
         ema_update_(self.teacher, self.model, self.ema_momentum)
@@ -248,6 +286,8 @@ class CoTTA(TTAMethod):
         seed: int = 0,
         steps: int = 1,
         episodic: bool = False,
+        stats: BNStats = "batch",
+        bn_momentum: float = 0.1,
         input_ndim: int | None = 4,
     ) -> CoTTA:
         """Configure ``model`` (in place) and build CoTTA with an official preset; ``None`` keeps the preset's value.
@@ -268,6 +308,9 @@ class CoTTA(TTAMethod):
             seed: Seed of the augmentation and restore randomness.
             steps: Updates per batch (1 officially).
             episodic: Reset to the source state before every batch.
+            stats: BN statistics: ``batch`` (official) or ``ema`` for batch-size-1 streams (a
+                deviation, off by default; see the module docstring).
+            bn_momentum: EMA momentum of the BN statistics when ``stats="ema"``.
             input_ndim: Expected input rank.
         """
         if preset not in PRESETS:
@@ -276,7 +319,7 @@ class CoTTA(TTAMethod):
         given = {"optimizer": optimizer, "lr": lr, "ema_momentum": ema_momentum, "restore_prob": restore_prob,
                  "confidence_threshold": confidence_threshold, "symmetric_loss": symmetric_loss}
         chosen.update({k: v for k, v in given.items() if v is not None})
-        model = configure_model(model)
+        model = configure_model(model, stats, bn_momentum)
         params = [p for _, p in collect_params(model)]
         if chosen["optimizer"] == "adam":
             opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=chosen["lr"], betas=(0.9, 0.999), weight_decay=0.0)

@@ -29,10 +29,19 @@ Differences from the reference implementation:
 - The RBF affinity's bandwidth is the mean distance to the ``knn``-th nearest sample (counting the
   sample itself, as the official code does); like the official code, no separate sigma is taken.
 - Nothing is logged per batch (the official code logs the iteration count).
+- A batch of one image has no neighbours, so the Laplacian term is empty and LAME is the frozen
+  model: such a batch returns the frozen model's log-probabilities and warns once per adapter
+  (the paper and official code define LAME on batches only; no window of past samples is kept).
+- The affinity and the optimization run in float32 with autocast off, whatever the model's or the
+  autocast dtype (``cdist`` has no bfloat16 kernel, and bfloat16 energies stall the tolerance
+  test); the result is cast back to the dtype of the model's logits.
+- The RBF bandwidth is floored at 1e-12, so a batch of identical features (sigma = 0) gives an
+  all-ones kernel instead of NaN.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -87,7 +96,7 @@ def rbf_affinity(features: Tensor, knn: int = 5) -> Tensor:
     """
     dist = _distances(features)
     kth = dist.topk(min(knn, features.shape[0]), dim=-1, largest=False).values[:, -1]
-    sigma = kth.mean()
+    sigma = kth.mean().clamp_min(1e-12)  # identical features: sigma 0 would give 0/0
     return torch.exp(-dist**2 / (2 * sigma**2))
 
 
@@ -181,19 +190,37 @@ class LAME(TTAMethod):
         self._split = (features, classifier)  # tuple: both share the model's parameters, not registered twice
         self.affinity, self.knn, self.symmetrize = affinity, knn, symmetrize
         self.bound_lambda, self.max_steps, self.tol = bound_lambda, max_steps, tol
+        self._warned_single = False
         self.snapshot()
 
     def adapt_step(self, x: Tensor) -> Tensor:
-        """Objective and update: Laplacian correction of this batch's outputs; returns ``log Y``."""
+        """Objective and update: Laplacian correction of this batch's outputs; returns ``log Y``.
+
+        A batch of one image returns the frozen model's log-probabilities (no neighbours to use).
+        """
         features, classifier = self._split
         feats = features(x).flatten(1)
-        probs = classifier(feats).softmax(-1)
-        unary = -torch.log(probs + _EPS_LOG)
-        kernel = affinity_matrix(F.normalize(feats, p=2, dim=-1), self.affinity, knn=self.knn,
-                                 symmetrize=self.symmetrize)
-        y = laplacian_optimization(unary, kernel, bound_lambda=self.bound_lambda, max_steps=self.max_steps,
-                                   tol=self.tol)
-        return torch.log(y.clamp_min(_EPS_ENTROPY))
+        logits = classifier(feats)
+        with torch.autocast(x.device.type, enabled=False):
+            if x.shape[0] < 2:
+                self._warn_single()
+                return logits.float().log_softmax(-1).to(logits.dtype)
+            feats, probs = feats.float(), logits.float().softmax(-1)
+            unary = -torch.log(probs + _EPS_LOG)
+            kernel = affinity_matrix(F.normalize(feats, p=2, dim=-1), self.affinity, knn=self.knn,
+                                     symmetrize=self.symmetrize)
+            y = laplacian_optimization(unary, kernel, bound_lambda=self.bound_lambda, max_steps=self.max_steps,
+                                       tol=self.tol)
+            return torch.log(y.clamp_min(_EPS_ENTROPY)).to(logits.dtype)
+
+    def _warn_single(self) -> None:
+        if not self._warned_single:
+            self._warned_single = True
+            warnings.warn(
+                "LAME got a batch of 1 image: with no neighbours it returns the frozen model's prediction "
+                "unchanged. Batch requests (LAME needs several samples per batch) to benefit from it.",
+                RuntimeWarning, stacklevel=4,
+            )
 
     @classmethod
     def from_model(

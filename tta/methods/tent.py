@@ -22,6 +22,7 @@ Differences from the reference implementation:
   export can use them.
 - ``stats="ema"`` (off by default) normalizes with EMA target statistics instead of the batch's, for
   batch-size-1 streams.
+- The entropy is computed in float32 when the logits are float16/bfloat16 (autocast).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class Tent(TTAMethod):
     def adapt_step(self, x: Tensor) -> Tensor:
         """Objective and update: one entropy-minimization step; returns the pre-update logits."""
         logits = self.model(x)
-        loss = softmax_entropy(logits).mean(0)
+        loss = softmax_entropy(logits.float()).mean(0)  # float32 under autocast: entropy of 8-bit probabilities is coarse
         if not torch.isfinite(loss):  # never step on NaN: it would poison the parameters for good
             raise ValueError("Tent: the entropy is not finite on this batch; the batch was rejected, nothing was adapted")
         loss.backward()

@@ -1,0 +1,108 @@
+"""Periodic checkpoints: written every N adapted batches, atomically, and resumed after a restart."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+import tta
+import tta._io
+from tests.helpers import clone_state, state_equal, tiny_classifier
+from tta.checkpoint import PeriodicCheckpoint, resume
+
+
+def _batch(seed: int) -> torch.Tensor:
+    return torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def test_checkpoint_is_written_every_n_adapted_batches(tmp_path: Path) -> None:
+    path = tmp_path / "state.pt"
+    adapter = tta.wrap(tiny_classifier(), "tent", checkpoint=path, checkpoint_every=2)
+    adapter(_batch(0))
+    assert not path.exists()
+    adapter(_batch(1))
+    after_two = clone_state(adapter)
+    adapter(_batch(2))  # third batch: no write, the file still holds the state after two
+    restored = tta.wrap(tiny_classifier(), "tent", resume=path)
+    assert state_equal(clone_state(restored), after_two)
+    assert not state_equal(clone_state(restored), clone_state(adapter))
+
+
+def test_rejected_and_frozen_batches_do_not_count(tmp_path: Path) -> None:
+    saver = PeriodicCheckpoint(tmp_path / "s.pt", every=2)
+    adapter = tta.wrap(tiny_classifier(), "norm", stats="ema")
+    saver.attach(adapter)
+    adapter(_batch(0))
+    with pytest.raises(ValueError, match="NaN"):
+        adapter(torch.full((8, 3, 16, 16), float("nan")))
+    with adapter.frozen():
+        adapter(_batch(1))
+    assert saver.batches == 1 and saver.writes == 0
+    adapter(_batch(2))
+    assert saver.batches == 2 and saver.writes == 1
+
+
+def test_resume_continues_with_identical_outputs(tmp_path: Path) -> None:
+    path = tmp_path / "state.pt"
+    first = tta.wrap(tiny_classifier(), "tent", checkpoint=path, checkpoint_every=3)
+    for seed in range(3):
+        first(_batch(seed))
+    expected = first(_batch(10))
+    restarted = tta.wrap(tiny_classifier(), "tent", checkpoint=path, checkpoint_every=3, resume=path)
+    assert torch.equal(restarted(_batch(10)), expected)
+
+
+def test_resume_without_a_file_starts_from_source(tmp_path: Path) -> None:
+    adapter = tta.wrap(tiny_classifier(), "norm", stats="ema")
+    source = clone_state(adapter)
+    assert resume(adapter, tmp_path / "absent.pt") is False
+    assert state_equal(clone_state(adapter), source)
+
+
+def test_resume_refuses_a_checkpoint_of_another_method(tmp_path: Path) -> None:
+    path = tmp_path / "tent.pt"
+    tta.wrap(tiny_classifier(), "tent").save_state(path)
+    with pytest.raises(ValueError, match="state of Tent, not of Norm"):
+        tta.wrap(tiny_classifier(), "norm", resume=path)
+
+
+def test_crash_during_a_write_leaves_the_previous_checkpoint_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.pt"
+    adapter = tta.wrap(tiny_classifier(), "tent", checkpoint=path, checkpoint_every=1)
+    adapter(_batch(0))
+    saved = clone_state(adapter)
+    real_save = torch.save
+
+    def dying_save(obj: object, handle: io.BufferedWriter) -> None:  # half a file, then the process "dies"
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise KeyboardInterrupt("simulated crash during the checkpoint write")
+
+    monkeypatch.setattr(tta._io.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        adapter(_batch(1))
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"], "no temporary file is left behind"
+    restored = tta.wrap(tiny_classifier(), "tent", resume=path)
+    assert state_equal(clone_state(restored), saved)
+
+
+def test_checkpoint_with_the_collapse_guard(tmp_path: Path) -> None:
+    path = tmp_path / "state.pt"
+    guarded = tta.wrap(tiny_classifier(), "tent", production=True, checkpoint=path, checkpoint_every=1)
+    guarded(_batch(0))
+    assert path.exists()
+    restarted = tta.wrap(tiny_classifier(), "tent", production=True, resume=path)
+    assert state_equal(clone_state(restarted.adapter), clone_state(guarded.adapter))
+
+
+@pytest.mark.parametrize("every", [0, -3, 1.5, True])
+def test_invalid_checkpoint_interval_is_refused(every: object, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        tta.wrap(tiny_classifier(), "norm", checkpoint=tmp_path / "s.pt", checkpoint_every=every)  # type: ignore[arg-type]

@@ -1,0 +1,94 @@
+"""Periodic checkpoints of an adapter's full state, and resuming from one after a restart.
+
+A :class:`PeriodicCheckpoint` is attached to a method as a forward hook: after every ``every``
+adapted batches it writes the complete adaptation state with :func:`tta.state.save_state`, which
+writes a temporary file and renames it, so a crash at any moment leaves either the previous
+checkpoint or the new one on disk, never a partial file. Only batches that were adapted count:
+batches rejected with an error and predictions made inside ``adapter.frozen()`` do not.
+
+On restart, :func:`resume` loads the newest checkpoint into a freshly built adapter (or keeps the
+source state when there is none yet), so one line serves both the first start and every restart::
+
+    adapted = tta.wrap(model, "tent", checkpoint="state.pt", checkpoint_every=1000, resume="state.pt")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from torch.utils.hooks import RemovableHandle
+
+from tta.base import TTAMethod
+from tta.state import load_state, save_state
+
+__all__ = ["PeriodicCheckpoint", "resume"]
+
+logger = logging.getLogger(__name__)
+
+
+class PeriodicCheckpoint:
+    """Write an adapter's full state to ``path`` atomically after every ``every`` adapted batches.
+
+    The count is in batches (calls of ``forward`` that adapted), not images: the state changes once
+    per batch whatever its size, and a batch is the unit a restart can lose. The counter lives in
+    this object, not in the saved state, so after a restart it starts again from zero.
+
+    Args:
+        path: The checkpoint file; written by :func:`tta.state.save_state` (write, then rename).
+        every: Batches between two writes, at least 1.
+
+    Raises:
+        ValueError: if ``every`` is below 1.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], every: int = 1000) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"checkpoint_every must be a whole number of batches >= 1, got {every!r}")
+        self.path = Path(path)
+        self.every = every
+        self.batches = 0  # adapted batches seen since this object was attached
+        self.writes = 0
+
+    def attach(self, adapter: TTAMethod) -> RemovableHandle:
+        """Start checkpointing ``adapter``; returns the hook handle (``handle.remove()`` stops it)."""
+        if not isinstance(adapter, TTAMethod):
+            raise TypeError(f"PeriodicCheckpoint attaches to a tta method, got {type(adapter).__name__}")
+        return adapter.register_forward_hook(self._after_forward)
+
+    def _after_forward(self, adapter: TTAMethod, args: tuple[Any, ...], output: Any) -> None:
+        # Runs only after a forward that returned; a rejected batch raised before reaching here.
+        with adapter._lock:  # count and save as one step, between two whole forwards of other threads
+            if not adapter.is_adapting:
+                return
+            self.batches += 1
+            if self.batches % self.every == 0:
+                self.save(adapter)
+
+    def save(self, adapter: TTAMethod) -> Path:
+        """Write ``adapter``'s state now (also called every ``every`` batches); returns the path."""
+        path = save_state(adapter, self.path)
+        self.writes += 1
+        logger.debug("checkpoint %d written to %s after %d batches", self.writes, path, self.batches)
+        return path
+
+
+def resume(adapter: TTAMethod, path: str | os.PathLike[str]) -> bool:
+    """Load the checkpoint at ``path`` into ``adapter`` if there is one; returns whether it did.
+
+    With no file at ``path`` (the first start) the adapter keeps its source state and a message is
+    logged. A file that exists but is not a state of this method and model raises, so a damaged or
+    foreign checkpoint is never silently ignored.
+
+    Raises:
+        ValueError: the file is not an adaptation state of this method and architecture.
+    """
+    path = Path(path)
+    if not path.exists():
+        logger.warning("no checkpoint at %s yet: starting from the source model", path)
+        return False
+    adapter.load_state(path)
+    logger.info("resumed adaptation state from %s", path)
+    return True
