@@ -296,20 +296,27 @@ class Gradual:
         return f"{type(self).__name__}()"
 
 
-class MixedDomains:
+class _Shuffled:
+    """Base of the protocols whose order is drawn from a seed."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(seed={self.seed})"
+
+
+class MixedDomains(_Shuffled):
     """Mixed-domain protocol: the batches of all domains in one seeded random order; one reset.
 
     Each batch still comes from a single domain (so per-domain errors are exact); the domain changes
-    from batch to batch. Sample-level mixing inside a batch is not offered.
+    from batch to batch. :class:`MixedSamples` mixes domains inside each batch.
 
     Args:
         seed: Seeds the order; the same seed gives the same stream.
     """
 
     name: str = "mixed"
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield all batches of all domains shuffled together (domains are read fully first)."""
@@ -319,11 +326,8 @@ class MixedDomains:
             domain, x, y = batches[index]
             yield StreamItem(domain, x, y, reset=position == 0)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(seed={self.seed})"
 
-
-class MixedSamples:
+class MixedSamples(_Shuffled):
     """Sample-level mixed domains: every sample of every domain in one seeded random order; one reset.
 
     Batches mix domains (each test batch holds samples of several corruptions), as in the mixed-domain
@@ -336,9 +340,6 @@ class MixedSamples:
     """
 
     name: str = "mixed-samples"
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield batches of the first domain's batch size drawn from the shuffled pool of all samples."""
@@ -362,9 +363,6 @@ class MixedSamples:
             domains = tuple(tags[i] for i in window.tolist())
             yield StreamItem(domains[0], x_all[index], y_all[index.to(y_all.device)], reset=start == 0,
                              sample_domains=domains)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(seed={self.seed})"
 
 
 _PROTOCOLS: dict[str, Callable[[], Protocol]] = {
