@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 from torch import nn
 
@@ -64,14 +65,18 @@ def restore_batchnorm(model: nn.Module) -> nn.Module:
     ``num_batches_tracked`` come back unchanged; affine parameters keep their current values.
     """
     return replace_modules(
-        model, lambda _name, m: isinstance(m, AdaptiveBatchNorm), lambda m: m.to_source_module()
+        model,
+        lambda _name, m: isinstance(m, AdaptiveBatchNorm),
+        lambda m: cast(AdaptiveBatchNorm, m).to_source_module(),  # matched by the isinstance test above
     )
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Replace every adaptive layer by a plain eval-mode BatchNorm holding its current statistics, in place."""
     return replace_modules(
-        model, lambda _name, m: isinstance(m, AdaptiveBatchNorm), lambda m: m.to_batchnorm(use="current")
+        model,
+        lambda _name, m: isinstance(m, AdaptiveBatchNorm),
+        lambda m: cast(AdaptiveBatchNorm, m).to_batchnorm(use="current"),  # matched by the isinstance test above
     )
 
 

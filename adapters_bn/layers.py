@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,19 @@ def _accumulation_input(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _tensor_attribute(source: nn.Module, name: str, *, optional: bool = False) -> Tensor | None:
+    """Return ``source.<name>`` as a tensor or None; ``optional`` allows the attribute to be missing.
+
+    Raises:
+        AttributeError: if the attribute is missing and not ``optional``.
+        TypeError: if it holds something other than a tensor or None.
+    """
+    value = getattr(source, name, None) if optional else getattr(source, name)
+    if value is None or isinstance(value, Tensor):
+        return value
+    raise TypeError(f"{type(source).__name__}.{name} must be a tensor or None, got {type(value).__name__}")
+
+
 def _channel_shape(x: Tensor) -> list[int]:
     return [1, x.shape[1]] + [1] * (x.dim() - 2)
 
@@ -58,6 +71,15 @@ class AdaptiveBatchNorm(nn.Module):
         Input ``(B, C, *)`` with ``C == num_features``; output of the same shape.
     """
 
+    # Declared so the type checker sees tensors, not nn.Module.__getattr__'s ``Tensor | Module``.
+    weight: nn.Parameter | None
+    bias: nn.Parameter | None
+    running_mean: Tensor
+    running_var: Tensor
+    num_batches_tracked: Tensor
+    source_mean: Tensor
+    source_var: Tensor
+
     def __init__(
         self,
         source: nn.Module,
@@ -68,21 +90,21 @@ class AdaptiveBatchNorm(nn.Module):
     ) -> None:
         super().__init__()
         check_stats_options(stats, momentum, prior)
-        mean, var = source.running_mean, source.running_var
+        mean, var = _tensor_attribute(source, "running_mean"), _tensor_attribute(source, "running_var")
         if mean is None or var is None:
             raise ValueError(f"{type(source).__name__} has no running statistics to keep as source statistics")
         self.num_features = int(mean.numel())
-        self.eps = float(source.eps)
+        self.eps = float(cast(float, source.eps))  # a plain float, which Module.__getattr__ types as Tensor | Module
         self.stats: BNStats = stats
         self.momentum = float(momentum)
         self.prior = float(prior)
         self.update_stats = True
         self._frozen_source = not isinstance(source, nn.modules.batchnorm._BatchNorm)
-        self.weight = self._as_parameter(source.weight)
-        self.bias = self._as_parameter(source.bias)
+        self.weight = self._as_parameter(_tensor_attribute(source, "weight"))
+        self.bias = self._as_parameter(_tensor_attribute(source, "bias"))
         self.register_buffer("running_mean", mean.detach().clone())
         self.register_buffer("running_var", var.detach().clone())
-        tracked = getattr(source, "num_batches_tracked", None)
+        tracked = _tensor_attribute(source, "num_batches_tracked", optional=True)
         if tracked is not None:
             self.register_buffer("num_batches_tracked", tracked.detach().clone())
         self.register_buffer("source_mean", mean.detach().clone())
@@ -124,9 +146,16 @@ class AdaptiveBatchNorm(nn.Module):
     def _normalize_with(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         if self._frozen_source:
             # FrozenBatchNorm2d's own arithmetic, so source outputs match the deployed model bit for bit.
-            scale = self.weight.reshape(_channel_shape(x)) * (var.reshape(_channel_shape(x)) + self.eps).rsqrt()
-            return x * scale + (self.bias.reshape(_channel_shape(x)) - mean.reshape(_channel_shape(x)) * scale)
+            weight, bias = self._frozen_affine()
+            scale = weight.reshape(_channel_shape(x)) * (var.reshape(_channel_shape(x)) + self.eps).rsqrt()
+            return x * scale + (bias.reshape(_channel_shape(x)) - mean.reshape(_channel_shape(x)) * scale)
         return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+
+    def _frozen_affine(self) -> tuple[Tensor, Tensor]:
+        """Return ``(weight, bias)`` of a frozen source, which FrozenBatchNorm2d always carries."""
+        if self.weight is None or self.bias is None:
+            raise RuntimeError(f"{type(self._template[0]).__name__} source has no weight/bias to normalize with")
+        return self.weight, self.bias
 
     def _check_batch(self, x: Tensor) -> None:
         per_channel = x.numel() // max(x.shape[1], 1)
@@ -159,7 +188,9 @@ class AdaptiveBatchNorm(nn.Module):
         return out
 
     def _affine_requires_grad(self) -> bool:
-        return self.weight is not None and (self.weight.requires_grad or self.bias.requires_grad)
+        if self.weight is None or self.bias is None:
+            return False
+        return self.weight.requires_grad or self.bias.requires_grad
 
     def _forward_mix(self, x: Tensor) -> Tensor:
         dims = [0] + list(range(2, x.dim()))
@@ -172,7 +203,7 @@ class AdaptiveBatchNorm(nn.Module):
                 self.running_var.copy_(var)
         shape = _channel_shape(x)
         out = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
-        if self.weight is not None:
+        if self.weight is not None and self.bias is not None:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
         return out
 
@@ -197,10 +228,12 @@ class AdaptiveBatchNorm(nn.Module):
         module = copy.copy(self._template[0])
         module._parameters, module._buffers, module._modules = {}, {}, {}
         if self._frozen_source:
-            module.register_buffer("weight", self.weight.detach().clone())
-            module.register_buffer("bias", self.bias.detach().clone())
+            weight, bias = self._frozen_affine()
+            module.register_buffer("weight", weight.detach().clone())
+            module.register_buffer("bias", bias.detach().clone())
         else:
-            module.weight, module.bias = self.weight, self.bias
+            module.register_parameter("weight", self.weight)
+            module.register_parameter("bias", self.bias)
         module.register_buffer("running_mean", self.source_mean.clone())
         module.register_buffer("running_var", self.source_var.clone())
         if "num_batches_tracked" in self._buffers:
@@ -219,9 +252,10 @@ class AdaptiveBatchNorm(nn.Module):
         bn = cls(self.num_features, eps=self.eps, affine=self.weight is not None)
         bn = bn.to(device=mean.device, dtype=mean.dtype)
         with torch.no_grad():
-            bn.running_mean.copy_(mean)
-            bn.running_var.copy_(var)
-            if self.weight is not None:
+            # track_running_stats=True (the default) makes the running buffers tensors, never None.
+            cast(Tensor, bn.running_mean).copy_(mean)
+            cast(Tensor, bn.running_var).copy_(var)
+            if self.weight is not None and self.bias is not None:
                 bn.weight.copy_(self.weight)
                 bn.bias.copy_(self.bias)
         return bn.eval()

@@ -51,6 +51,13 @@ def file_digest(path: Path) -> str:
 
 
 def _build_architecture(arch: str, num_classes: int, kwargs: Mapping[str, object]) -> nn.Module:
+    model = _call_builder(arch, num_classes, kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"architecture {arch!r} built a {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def _call_builder(arch: str, num_classes: int, kwargs: Mapping[str, object]) -> object:
     if ":" in arch:  # "package.module:function"
         module, _, name = arch.partition(":")
         return getattr(importlib.import_module(module), name)(num_classes=num_classes, **kwargs)

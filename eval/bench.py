@@ -35,7 +35,7 @@ from eval.executors import (
 )
 from eval.executors.faults import maybe_fail
 from eval.online import OnlineAdapter, relative_cost
-from eval.protocols import get_protocol
+from eval.protocols import Loaders, get_protocol
 from eval.provenance import run_metadata
 from eval.results import CellKey, Record, Results, ResultsStore
 from eval.runner import CellStats, run_benchmark
@@ -80,7 +80,7 @@ class BenchSpec:
             check_runtime_methods(self.methods)
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.online_cost not in (None, "auto") and not float(self.online_cost) >= 1.0:  # type: ignore[arg-type]
+        if self.online_cost not in (None, "auto") and not float(self.online_cost) >= 1.0:
             raise ValueError(f"online cost must be 'auto' or a number >= 1, got {self.online_cost!r}")
 
     @property
@@ -266,10 +266,13 @@ class BenchWork:
 
 def _absolute_paths(suite: SuiteSpec) -> SuiteSpec:
     """Return ``suite`` with its paths made absolute, so the work finds them from any working folder."""
-    paths = {name: Path(value).absolute() for name in ("data_root", "checkpoint", "weights", "subset_file")
-             if (value := getattr(suite, name)) is not None}
-    return replace(suite, **paths)
+    return replace(suite, data_root=_absolute(suite.data_root), checkpoint=Path(suite.checkpoint).absolute(),
+                   weights=_absolute(suite.weights), subset_file=_absolute(suite.subset_file))
 
 
-def _first_batch(loaders: Mapping[Domain, Any]) -> torch.Tensor:
+def _absolute(path: Path | None) -> Path | None:
+    return None if path is None else Path(path).absolute()
+
+
+def _first_batch(loaders: Loaders) -> torch.Tensor:
     return next(iter(next(iter(loaders.values()))))[0]

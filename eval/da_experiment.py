@@ -164,7 +164,7 @@ def _source_only(model: nn.Module, loader: ShuffledBatches, config: FitConfig,
                 batch = next(batches)
             loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
             optimizer.step()
             loss_sum += loss.item()
             if progress is not None:

@@ -121,7 +121,7 @@ def _train_step(state: dict[str, Any], images: Tensor, schedule: NoiseSchedule, 
         group["lr"] = cfg["lr"] * min(1.0, (state["step"] + 1) / _WARMUP_STEPS)
     loss = diffusion_loss(model, x0, t, noise, schedule)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
     nn.utils.clip_grad_norm_(model.parameters(), _GRAD_CLIP)
     optimizer.step()
     with torch.no_grad():

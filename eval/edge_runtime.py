@@ -19,6 +19,7 @@ from torch import Tensor, nn
 import tta
 from tta.edge import EdgeSession
 from tta.export import require_onnx
+from tta.guard import CollapseGuard
 from tta.registry import get_adapter_class
 
 __all__ = ["Runtime", "RUNTIMES", "OnnxRuntimeAdapter", "check_runtime_methods", "export_for_runtime"]
@@ -67,11 +68,13 @@ def check_runtime_methods(methods: Sequence[str]) -> None:
         )
 
 
-def export_for_runtime(adapter: tta.TTAMethod, example: Tensor, *, threads: int = 0) -> OnnxRuntimeAdapter:
+def export_for_runtime(
+    adapter: tta.TTAMethod | CollapseGuard, example: Tensor, *, threads: int = 0
+) -> OnnxRuntimeAdapter:
     """Export ``adapter`` in memory (``frozen`` for ``source``, else ``adaptive``) and open it with onnxruntime.
 
     Args:
-        adapter: A freshly built adapter, e.g. ``tta.wrap(model, "norm", prior=0.2)``.
+        adapter: A freshly built adapter, e.g. ``tta.wrap(model, "norm", prior=0.2)`` (guarded or not).
         example: A batch for tracing and for the parity check of the export.
         threads: onnxruntime intra-op threads (0 lets it decide).
 

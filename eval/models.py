@@ -13,6 +13,7 @@ import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -150,7 +151,7 @@ class FashionMNISTResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         # Zero the last BN scale of each block so every block starts as the identity (Goyal et al.).
         for block in (self.layer1, self.layer2, self.layer3):
-            nn.init.zeros_(block.conv2[1].weight)
+            nn.init.zeros_(cast(Tensor, block.conv2[1].weight))
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Return pooled features, shape ``(B, 4 * width)``."""
@@ -160,7 +161,7 @@ class FashionMNISTResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Return class logits, shape ``(B, num_classes)``."""
-        return self.fc(self.forward_features(x))
+        return cast(Tensor, self.fc(self.forward_features(x)))
 
 
 def fmnist_resnet(num_classes: int = 10, width: int = 16) -> FashionMNISTResNet:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+
+from tta import TTAMethod
+from tta.guard import CollapseGuard
 
 __all__ = ["OnlineAdapter", "relative_cost"]
 
@@ -40,8 +43,9 @@ def relative_cost(adapter: nn.Module, model: nn.Module, x: Tensor) -> float:
     with torch.inference_mode():
         plain = _seconds(model, x)
     cost = _seconds(adapter, x)
-    if hasattr(adapter, "reset"):
-        adapter.reset()
+    reset = getattr(adapter, "reset", None)
+    if callable(reset):
+        reset()
     return max(1.0, cost / max(plain, 1e-9))
 
 
@@ -49,11 +53,11 @@ class OnlineAdapter(nn.Module):
     """Wrap an adapter so that it adapts on one batch in ``ceil(cost)`` and predicts frozen on the others.
 
     Args:
-        adapter: A method with ``frozen()`` and ``reset()`` (any :class:`tta.TTAMethod`).
+        adapter: A method with ``frozen()`` and ``reset()`` (any :class:`tta.TTAMethod`, guarded or not).
         cost: Relative cost ``C >= 1`` of an adapting step versus plain inference.
     """
 
-    def __init__(self, adapter: nn.Module, cost: float) -> None:
+    def __init__(self, adapter: TTAMethod | CollapseGuard, cost: float) -> None:
         super().__init__()
         if not cost >= 1.0:
             raise ValueError(f"relative cost must be >= 1 (a method is never faster than plain inference), got {cost}")
@@ -68,9 +72,9 @@ class OnlineAdapter(nn.Module):
         self.seen_batches += 1
         if busy:
             with self.adapter.frozen():
-                return self.adapter(x)
+                return cast(Tensor, self.adapter(x))
         self.adapted_batches += 1
-        return self.adapter(x)
+        return cast(Tensor, self.adapter(x))
 
     def reset(self) -> None:
         """Reset the method and the schedule."""

@@ -400,5 +400,5 @@ def get_protocol(name: str, *, seed: int | None = None) -> Protocol:
         raise ValueError(f"unknown protocol {name!r}; valid names are: {', '.join(list_protocols())}")
     factory = _PROTOCOLS[name]
     if seed is not None and factory in (MixedDomains, MixedSamples, DirichletLabelShift):
-        return factory(seed=seed)  # type: ignore[call-arg]
+        return factory(seed=seed)
     return factory()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from pathlib import Path
+from types import ModuleType
 
 from eval.baselines import ALEXNET_ERRORS
+from eval.domains import Domain
 from eval.metrics import mean_corruption_error
 from eval.results import Record, Results
 
@@ -19,8 +21,8 @@ def _method_label(record: Record) -> str:
     return record.key.method if options in ("", "{}") else f"{record.key.method} {options}"
 
 
-def _errors_by_method(results: Results) -> dict[str, dict]:
-    table: dict[str, dict] = defaultdict(dict)
+def _errors_by_method(results: Results) -> dict[str, dict[Domain, float]]:
+    table: dict[str, dict[Domain, float]] = defaultdict(dict)
     for record in results:
         table[_method_label(record)][record.key.domain] = record.error
     return table
@@ -86,7 +88,7 @@ def plot_protocols(results: Results, path: str | os.PathLike[str], *, title: str
     return Path(path)
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> ModuleType:
     try:
         import matplotlib
 

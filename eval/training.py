@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -19,10 +20,22 @@ from torch import Tensor, nn
 from eval.datasets.fashion_mnist import load_fashion_mnist
 from eval.models import ARCH, fmnist_resnet, save_checkpoint
 
-__all__ = ["ProgressFn", "augment_batch", "evaluate_accuracy", "train_source"]
+__all__ = ["ProgressFn", "TrainingSummary", "augment_batch", "evaluate_accuracy", "train_source"]
 
 ProgressFn = Callable[[int, int, float], None]
 """Called after each optimizer step with ``(step, total_steps, loss)``; ``step`` counts from 1."""
+
+
+class TrainingSummary(TypedDict):
+    """What :func:`train_source` returns: the trained model's figures and where it was written."""
+
+    clean_test_accuracy: float
+    final_train_loss: float
+    epochs: int
+    steps: int
+    num_parameters: int
+    train_config: dict[str, object]
+    out: str
 
 _PAD = 2
 _MOMENTUM = 0.9
@@ -111,7 +124,7 @@ def _train_epoch(model: nn.Module, data: tuple[Tensor, Tensor], state: _TrainSta
         x = augment_batch(_to_unit_float(images[index]), state.generator)
         loss = nn.functional.cross_entropy(model(x), labels[index])
         state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
         state.optimizer.step()
         state.scheduler.step()
         state.step += 1
@@ -146,7 +159,7 @@ def train_source(
     seed: int = 0,
     width: int = 16,
     progress: ProgressFn | None = None,
-) -> dict[str, object]:
+) -> TrainingSummary:
     """Train :func:`~eval.models.fmnist_resnet` on Fashion-MNIST and write its checkpoint.
 
     Runs on CPU. The checkpoint (see :data:`eval.models.CHECKPOINT_KEYS`) is written atomically,

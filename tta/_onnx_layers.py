@@ -9,6 +9,7 @@ without telling. Nothing here is used for adaptation in PyTorch; ``adapters_bn``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard, cast
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +34,13 @@ class NormConfig:
     ema_momentum: float | None = None
 
 
+def _tensor(value: object, name: str) -> Tensor:
+    """Return a BatchNorm buffer as a tensor; a layer without running statistics cannot be exported."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"expected the BatchNorm buffer {name!r} to be a tensor, got {type(value).__name__}")
+    return value
+
+
 def _channel_shape(x: Tensor) -> list[int]:
     return [1, x.shape[1]] + [1] * (x.dim() - 2)
 
@@ -48,22 +56,31 @@ class BatchStatisticsNorm(nn.Module):
         Input ``(B, C, *)``; output of the same shape.
     """
 
+    # Buffers, declared for type checkers (``nn.Module.__getattr__`` is typed ``Tensor | Module``).
+    source_mean: Tensor
+    source_var: Tensor
+    initial_mean: Tensor
+    initial_var: Tensor
+    weight: Tensor | None
+    bias: Tensor | None
+
     def __init__(self, layer: nn.Module, config: NormConfig) -> None:
         super().__init__()
         if isinstance(layer, AdaptiveBatchNorm):
-            mean, var = layer.source_mean, layer.source_var
+            mean, var = _tensor(layer.source_mean, "source_mean"), _tensor(layer.source_var, "source_var")
             current_mean, current_var = layer.current_statistics()
         else:
-            mean, var = current_mean, current_var = layer.running_mean, layer.running_var
+            mean = current_mean = _tensor(layer.running_mean, "running_mean")
+            var = current_var = _tensor(layer.running_var, "running_var")
         self.register_buffer("source_mean", mean.detach().clone())
         self.register_buffer("source_var", var.detach().clone())
         # Where the EMA state starts (and a reset returns to): the layer's estimate at export time.
         self.register_buffer("initial_mean", current_mean.detach().clone())
         self.register_buffer("initial_var", current_var.detach().clone())
-        weight, bias = layer.weight, layer.bias
+        weight, bias = cast(Tensor | None, layer.weight), cast(Tensor | None, layer.bias)
         self.register_buffer("weight", None if weight is None else weight.detach().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.eps = float(layer.eps)
+        self.eps = float(cast(float, layer.eps))
         self.prior = float(config.prior)
         self.ema_momentum = config.ema_momentum
         self.state: tuple[Tensor, Tensor] | None = None
@@ -85,17 +102,20 @@ class BatchStatisticsNorm(nn.Module):
         shift = -mean * scale
         if self.weight is not None:
             scale = scale * self.weight
-            shift = shift * self.weight + self.bias
+            shift = shift * self.weight
+        if self.bias is not None:
+            shift = shift + self.bias
         return x * scale.reshape(shape) + shift.reshape(shape)
 
     def _update_ema(self, x: Tensor, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
-        if self.state is None:
+        momentum = self.ema_momentum
+        if self.state is None or momentum is None:
             raise RuntimeError("EMA BatchStatisticsNorm runs only inside StatefulGraph, which feeds its state")
         count = x.numel() / x.shape[1]
         unbiased = var * (count / (count - 1))  # PyTorch's running-variance update uses the unbiased one
         state_mean, state_var = self.state
-        new_mean = state_mean + self.ema_momentum * (mean - state_mean)
-        new_var = state_var + self.ema_momentum * (unbiased - state_var)
+        new_mean = state_mean + momentum * (mean - state_mean)
+        new_var = state_var + momentum * (unbiased - state_var)
         self.next_state = (new_mean, new_var)
         return new_mean, new_var
 
@@ -113,7 +133,7 @@ class StatefulGraph(nn.Module):
 
     def ema_layers(self) -> list[BatchStatisticsNorm]:
         """Return the EMA layers in the order of the state tensors."""
-        return [m for _, m in self.model.named_modules() if _is_ema(m)]  # type: ignore[misc]
+        return [m for _, m in self.model.named_modules() if _is_ema(m)]
 
     def initial_state(self) -> list[Tensor]:
         """Return the state at export time: every EMA layer's mean and variance estimate then."""
@@ -134,7 +154,7 @@ class StatefulGraph(nn.Module):
         return (logits, *next_state)
 
 
-def _is_ema(module: nn.Module) -> bool:
+def _is_ema(module: nn.Module) -> TypeGuard[BatchStatisticsNorm]:
     return isinstance(module, BatchStatisticsNorm) and module.ema_momentum is not None
 
 

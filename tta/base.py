@@ -195,6 +195,10 @@ class TTAMethod(nn.Module):
             self._frozen = previous
 
     @classmethod
-    def from_model(cls, model: nn.Module, **kwargs: Any) -> TTAMethod:
-        """Build the method on ``model`` with its standard recipe."""
+    def from_model(cls, model: nn.Module, *args: Any, **kwargs: Any) -> TTAMethod:
+        """Build the method on ``model`` with its standard recipe.
+
+        Each method defines its own keyword options; ``*args, **kwargs`` is how type checkers are
+        told that a subclass may narrow this signature (the registry checks options at run time).
+        """
         raise NotImplementedError(f"{cls.__name__} must implement from_model")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["ema_update_", "detached_copy"]
 
@@ -43,7 +43,7 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
-    teacher_params = list(teacher.parameters())
+    teacher_params: list[Tensor] = list(teacher.parameters())
     student_params = [p.detach() for p in student.parameters()]
     if len(teacher_params) != len(student_params):
         raise ValueError(

@@ -35,7 +35,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal, TypedDict
 
 import numpy as np
 import torch
@@ -272,6 +272,14 @@ def _predictor(adapter: TTAMethod) -> nn.Module:
     return _Predict(adapter)
 
 
+class _CommonArgs(TypedDict):
+    """Keyword arguments both exporters receive."""
+
+    input_names: list[str]
+    output_names: list[str]
+    opset_version: int
+
+
 def _trace(
     graph: nn.Module, example: Tensor, state: list[Tensor], opset: int, dynamic_batch: bool, exporter: Exporter
 ) -> tuple[onnx.ModelProto, tuple[str, ...], tuple[str, ...]]:
@@ -283,7 +291,7 @@ def _trace(
     if dynamic_batch and x.shape[0] == 1:
         x = x.expand(2, *x.shape[1:]).contiguous()  # torch.export specializes a size-1 axis to a constant
     args: tuple[object, ...] = (x, [t.detach() for t in state]) if state else (x,)
-    common = {"input_names": list(input_names), "output_names": list(output_names), "opset_version": opset}
+    common = _CommonArgs(input_names=list(input_names), output_names=list(output_names), opset_version=opset)
     with torch.no_grad(), warnings.catch_warnings():
         if exporter == "dynamo":
             proto = _export_dynamo(graph, args, len(state), dynamic_batch, common)
@@ -293,7 +301,7 @@ def _trace(
 
 
 def _export_dynamo(
-    graph: nn.Module, args: tuple[object, ...], n_state: int, dynamic_batch: bool, common: dict[str, object]
+    graph: nn.Module, args: tuple[object, ...], n_state: int, dynamic_batch: bool, common: _CommonArgs
 ) -> onnx.ModelProto:
     dynamic_shapes = None
     if dynamic_batch:
@@ -301,14 +309,16 @@ def _export_dynamo(
         dynamic_shapes = (batch, [None] * n_state) if n_state else (batch,)
     # We name the batch axis ourselves (see _annotate); the exporter's renaming skips list inputs.
     warnings.filterwarnings("ignore", message=".*dynamic axes will not be renamed")
-    program = torch.onnx.export(  # type: ignore[arg-type]
+    program = torch.onnx.export(
         graph, args, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False, optimize=True, **common
     )
+    if program is None:
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program; expected an ONNXProgram")
     return program.model_proto
 
 
 def _export_torchscript(
-    graph: nn.Module, args: tuple[object, ...], dynamic_batch: bool, common: dict[str, object]
+    graph: nn.Module, args: tuple[object, ...], dynamic_batch: bool, common: _CommonArgs
 ) -> onnx.ModelProto:
     import onnx
 
@@ -316,6 +326,7 @@ def _export_torchscript(
     warnings.filterwarnings("ignore", message=".*TorchScript-based ONNX export.*")
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     buffer = io.BytesIO()
+    # torch types `f` as a path, but the TorchScript exporter also writes to a file object.
     torch.onnx.export(graph, args, buffer, dynamo=False, dynamic_axes=axes, **common)  # type: ignore[arg-type]
     return onnx.load_from_string(buffer.getvalue())
 

@@ -17,12 +17,24 @@ The returned modules share their parameters with ``model`` (nothing is copied), 
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 from torch import Tensor, nn
 
 __all__ = ["HEAD_ATTRIBUTES", "split_classifier"]
 
 HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head")
 """Attribute names that hold the classification head in torchvision (and most hand-written) models."""
+
+
+class _TimmModel(Protocol):
+    """The part of timm's model interface used here (checked at run time by ``_is_timm_style``)."""
+
+    def forward_features(self, x: Tensor) -> Tensor: ...
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor: ...
+
+    def get_classifier(self) -> nn.Module: ...
 
 
 class _TimmFeatures(nn.Module):
@@ -34,7 +46,8 @@ class _TimmFeatures(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the pooled pre-logit features, shape ``(B, D)``."""
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        model = cast(_TimmModel, self.model)
+        return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
 class _HeadInput(nn.Module):
@@ -132,7 +145,7 @@ def split_classifier(model: nn.Module, head: str | None = None) -> tuple[nn.Modu
         module = _named_head(model, head)
         return _HeadInput(model, module, head), module
     if _is_timm_style(model):
-        return _TimmFeatures(model), model.get_classifier()
+        return _TimmFeatures(model), cast(_TimmModel, model).get_classifier()
     name = _conventional_head(model)
     if name is None:
         raise ValueError(_not_found_message(model))

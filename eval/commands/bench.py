@@ -95,7 +95,9 @@ def build_spec(args: argparse.Namespace) -> BenchSpec:
         weights=args.weights, mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"),
         preprocess=args.preprocess, per_class=args.per_class, subset_file=args.subset_file, num_workers=args.workers,
     )
-    online = args.online_cost if args.online_cost in (None, "auto") else _floats(args.online_cost, "--online-cost")[0]
+    online = args.online_cost
+    if online not in (None, "auto"):
+        online = _float_tuple(online, "--online-cost")[0]
     return BenchSpec(
         methods=tuple(methods), options=parse_options(args.option, methods),
         corruptions=tuple(_corruption_list(args.corruptions)), severities=severities,
@@ -129,8 +131,10 @@ def build_executor(args: argparse.Namespace) -> Executor:
 
 
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
+    return None if text is None else _float_tuple(text, flag)
+
+
+def _float_tuple(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in split_csv(text))
     except ValueError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,9 @@ from eval.commands.errors import CLIError
 from eval.commands.options import split_csv
 from eval.commands.progress import progress_bar
 from eval.corruptions import list_corruptions
+
+if TYPE_CHECKING:
+    from eval.datasets.writers import ImageFolderSource, Layout
 
 NAME = "corrupt"
 HELP = "write a corrupted copy of a clean dataset (CIFAR-10-C .npy or ImageNet-C folder layout)"
@@ -75,14 +79,16 @@ def run(args: argparse.Namespace) -> int:
     if args.input != "fmnist" and not folder_input and not Path(args.input).is_file():
         raise CLIError(f"--input {args.input} is neither a folder, a .npy file nor 'fmnist'")
     labels = None
+    source: np.ndarray | ImageFolderSource
     if folder_input:
-        source = load_image_folder(args.input)
+        folder = load_image_folder(args.input)
         if args.limit is not None:
-            source = type(source)(source.root, source.files[: args.limit], source.labels[: args.limit], source.classes)
+            folder = type(folder)(folder.root, folder.files[: args.limit], folder.labels[: args.limit], folder.classes)
+        source = folder
     else:
-        source, labels = _load_arrays(args)
-        source, labels = source[: args.limit], labels[: args.limit]
-    layout = args.layout or ("folder" if folder_input else "npy")
+        images, labels = _load_arrays(args)
+        source, labels = images[: args.limit], labels[: args.limit]
+    layout: Layout = args.layout or ("folder" if folder_input else "npy")
     bar = progress_bar("corrupt", "img")
 
     def on_start(total: int, done: int) -> None:

@@ -37,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
 
         summary = train_source(args.out, data_root=args.data_root, epochs=args.epochs, batch_size=args.batch_size,
                                lr=args.lr, seed=args.seed, width=args.width, progress=progress)
-    print(f"wrote {args.out}: clean test accuracy {100 * float(summary['clean_test_accuracy']):.2f}%")
+    print(f"wrote {args.out}: clean test accuracy {100 * summary['clean_test_accuracy']:.2f}%")
     return 0

@@ -96,7 +96,7 @@ def filter2d_reflect101(x: Tensor, kernel: Tensor) -> Tensor:
         # Large kernels: the product of spectra (circular wrap-around falls in the cropped border).
         shape = (_fast_length(padded.shape[-2]), _fast_length(padded.shape[-1]))
         spectrum = torch.fft.rfft2(padded, s=shape) * torch.fft.rfft2(kernel.flip(0, 1), s=shape)
-        filtered = torch.fft.irfft2(spectrum, s=shape)
+        filtered: Tensor = torch.fft.irfft2(spectrum, s=shape)
         return filtered[..., size - 1 : size - 1 + x.shape[-2], size - 1 : size - 1 + x.shape[-1]]
     # Small kernels: a sum of shifted views (much faster than a depthwise conv2d on the CPU).
     height, width = x.shape[-2:]
@@ -168,11 +168,11 @@ def _gaussian_sliced(x: Tensor, dim: int, sigma: float, radius: int, mode: Borde
     size = x.shape[dim]
     taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
     weights = torch.exp(-0.5 * taps**2 / sigma**2) if sigma > 0 else (taps == 0).to(torch.float64)
-    weights = (weights / weights.sum()).tolist()
+    coefficients: list[float] = (weights / weights.sum()).tolist()
     padded = x.index_select(dim, _boundary(torch.arange(-radius, size + radius), size, mode).to(x.device))
-    out = padded.narrow(dim, 0, size) * weights[0]
+    out = padded.narrow(dim, 0, size) * coefficients[0]
     for tap in range(1, 2 * radius + 1):
-        out.add_(padded.narrow(dim, tap, size), alpha=weights[tap])
+        out.add_(padded.narrow(dim, tap, size), alpha=coefficients[tap])
     return out
 
 
@@ -288,4 +288,5 @@ def _correlate_sparse_fft(padded: Tensor, rows: Tensor, cols: Tensor, weights: T
     images = torch.arange(batch)[:, None].expand_as(rows)
     kernel.index_put_((images, rows, cols), weights.to(padded.dtype), accumulate=True)
     spectrum = torch.fft.rfft2(padded, s=shape) * torch.fft.rfft2(kernel.to(padded.device)).conj()[:, None]
-    return torch.fft.irfft2(spectrum, s=shape)[..., : size[0], : size[1]]
+    filtered: Tensor = torch.fft.irfft2(spectrum, s=shape)
+    return filtered[..., : size[0], : size[1]]

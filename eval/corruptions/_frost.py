@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,8 @@ def frost_texture(index: int, scale: float = 1.0) -> Tensor:
     full_height, full_width, mean, std = FROST_TEXTURES[index]
     height, width = max(1, round(full_height * scale)), max(1, round(full_width * scale))
     generator = torch.Generator().manual_seed(_SEED + index)
-    cloud = sum(0.6**octave * _value_noise(height, width, 96 * scale / 2**octave, generator) for octave in range(5))
+    octaves = (0.6**octave * _value_noise(height, width, 96 * scale / 2**octave, generator) for octave in range(5))
+    cloud = cast(Tensor, sum(octaves))  # a sum of five tensors, never the empty sum's 0
     # Needles are drawn at half resolution (they are smooth at that scale) and enlarged.
     half = [_ridges((height + 1) // 2, (width + 1) // 2, scale, generator) for _ in range(3)]
     needles = F.interpolate(torch.stack(half).amax(dim=0)[None, None], scale_factor=2, mode="bilinear",

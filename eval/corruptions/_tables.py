@@ -55,5 +55,5 @@ def resolve_table(x: Tensor, table: object, name: str = "corruption") -> Resolve
     if table == "auto":
         return "cifar" if min(x.shape[-2:]) <= CIFAR_MAX_SIDE else "imagenet"
     if table in ("imagenet", "cifar"):
-        return table  # type: ignore[return-value]
+        return table
     raise ValueError(f"{name}: table must be one of {list(TABLES)}, got {table!r}")

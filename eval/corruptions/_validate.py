@@ -154,7 +154,7 @@ def validated(fn: _Implementation) -> Corruption:
         # Each chunk is clamped into the output while it is still in the cache, rather than
         # concatenated and clamped afterwards (two more passes over the whole batch).
         out = torch.empty(work.shape, dtype=work.dtype, device=work.device)
-        for part, target in zip(work.split(chunk), out.split(chunk), strict=True):
+        for part, target in zip(torch.split(work, chunk), torch.split(out, chunk), strict=True):
             torch.clamp(fn(part, level, generator=generator, table=resolved), 0, 1, out=target)
         return out.to(x.dtype)
 

@@ -344,5 +344,7 @@ def _sample(x: Tensor, source_x: Tensor, source_y: Tensor, *, align_corners: boo
         grid_x, grid_y = source_x * (2 / max(width - 1, 1)) - 1, source_y * (2 / max(height - 1, 1)) - 1
     else:
         grid_x, grid_y = (2 * source_x + 1) / width - 1, (2 * source_y + 1) / height - 1
-    grid = torch.stack(torch.broadcast_tensors(grid_x, grid_y), dim=-1).expand(x.shape[0], -1, -1, -1)
+    # torch.broadcast_tensors has no annotations in torch's sources.
+    grid_x, grid_y = torch.broadcast_tensors(grid_x, grid_y)  # type: ignore[no-untyped-call]
+    grid = torch.stack((grid_x, grid_y), dim=-1).expand(x.shape[0], -1, -1, -1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=align_corners)

@@ -24,9 +24,12 @@ def open_npy_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"missing file {path}")
     try:
-        return np.load(path, mmap_mode="r")
+        array = np.load(path, mmap_mode="r")
     except (ValueError, OSError, EOFError) as error:
         raise ValueError(f"{path} is not a complete .npy array (truncated or corrupt: {error})") from error
+    if not isinstance(array, np.ndarray):  # an .npz archive loads as a mapping of arrays
+        raise ValueError(f"{path} holds a {type(array).__name__}, expected a single .npy array")
+    return array
 
 
 def _check_shape(path: Path, array: np.ndarray, rows: int) -> str | None:

@@ -167,8 +167,8 @@ class _Images:
         return [self._read(root / files[i]) for i in indices]
 
     def _read(self, path: Path) -> np.ndarray:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
             if self.size is not None:
                 from torchvision.transforms import functional as TF
 

@@ -145,7 +145,7 @@ def trainable_parameters(model: nn.Module, which: Trainable = "all", *, last_blo
 
 def _build_optimizer(dann: DANN, config: FitConfig) -> torch.optim.Optimizer:
     chosen = set(trainable_parameters(dann.model, config.trainable, last_blocks=config.last_blocks))
-    params = []
+    params: list[Tensor] = []
     for name, param in dann.model.named_parameters():
         param.requires_grad_(name in chosen)
         if name in chosen:

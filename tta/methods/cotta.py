@@ -60,6 +60,7 @@ Differences from the reference implementation:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -105,7 +106,7 @@ def collect_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 @torch.no_grad()
 def stochastic_restore_(
-    params: list[Tensor], source: list[Tensor], prob: float, generator: torch.Generator | None
+    params: Sequence[Tensor], source: Sequence[Tensor], prob: float, generator: torch.Generator | None
 ) -> None:
     """Put each element of ``params`` back to its ``source`` value with probability ``prob``, in place.
 
@@ -152,6 +153,7 @@ class CoTTA(TTAMethod):
     """
 
     uses_grad = True
+    step_count: Tensor  # buffer, declared for type checkers
 
     def __init__(
         self,
@@ -210,10 +212,11 @@ class CoTTA(TTAMethod):
 
     def augmented_teacher_logits(self, x: Tensor, cpu_gen: torch.Generator, device_gen: torch.Generator) -> Tensor:
         """Return the teacher's logits averaged over ``num_augmentations`` augmented copies of ``x``."""
-        params = sample_augment_params(self.num_augmentations, *x.shape[-2:], cpu_gen, soft=self.augment_soft)
+        height, width = x.shape[-2], x.shape[-1]
+        params = sample_augment_params(self.num_augmentations, height, width, cpu_gen, soft=self.augment_soft)
         per_chunk = self._copies_per_forward(x)
         coupled = _couples_samples(self.teacher)
-        total = None
+        total: Tensor | None = None
         for start in range(0, len(params), per_chunk):
             copies = augment_copies(x, params[start : start + per_chunk], device_gen, noise_std=self.noise_std)
             if len(copies) == 1:
@@ -223,6 +226,8 @@ class CoTTA(TTAMethod):
             else:
                 logits = self.teacher(copies.flatten(0, 1)).unflatten(0, copies.shape[:2])
             total = logits.sum(0) if total is None else total + logits.sum(0)
+        if total is None:
+            raise RuntimeError(f"num_augmentations must be >= 1, got {self.num_augmentations}")
         return total / len(params)
 
     def _coupled_teacher_logits(self, copies: Tensor) -> Tensor:

@@ -32,7 +32,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -365,7 +365,8 @@ class ADMUNet(nn.Module):
         self._check_inputs(x, t)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(self.time_embed[0].weight.dtype))
+        first = cast(nn.Linear, self.time_embed[0])  # built as Linear, SiLU, Linear in __init__
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(first.weight.dtype))
         h = x.to(self.block_dtype)
         skips = []
         for block in self.input_blocks:

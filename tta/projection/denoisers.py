@@ -108,6 +108,14 @@ class ModuleDenoiser(nn.Module):
         return split_output(self.module(x_t, t).to(x_t.dtype), x_t.shape[1])
 
 
+def _unet_config(unet: nn.Module, kind: str) -> Any:
+    """Return ``unet.config`` (an ``ADMConfig`` or a diffusers config; read by attribute)."""
+    config = getattr(unet, "config", None)
+    if config is None:
+        raise TypeError(f"expected {kind} with a .config attribute, got {type(unet).__name__} without one")
+    return config
+
+
 class ADMDenoiser(nn.Module):
     """Our guided-diffusion ADM UNet (:class:`tta.projection.adm.ADMUNet`) as a denoiser.
 
@@ -117,8 +125,9 @@ class ADMDenoiser(nn.Module):
     def __init__(self, unet: nn.Module) -> None:
         super().__init__()
         self.unet = unet
-        self.image_size: int | None = int(unet.config.image_size)
-        self.channels: int | None = int(unet.config.in_channels)
+        config = _unet_config(unet, "an ADMUNet")
+        self.image_size: int | None = int(config.image_size)
+        self.channels: int | None = int(config.in_channels)
         self._warned_cpu = False
 
     def forward(self, x_t: Tensor, t: Tensor) -> DenoiserOutput:
@@ -142,7 +151,7 @@ class DiffusersDenoiser(nn.Module):
 
     def __init__(self, unet: nn.Module) -> None:
         super().__init__()
-        config = unet.config
+        config = _unet_config(unet, "a diffusers UNet2DModel")
         if getattr(config, "prediction_type", "epsilon") not in (None, "epsilon"):
             raise ValueError(f"DDA needs an epsilon-prediction model, got prediction_type={config.prediction_type!r}")
         self.unet = unet
