@@ -169,6 +169,7 @@ class DDA(TTAMethod):
         guidance_scale: float = 6.0,
         guidance_norm: GuidanceNorm = "batch",
         chunk_size: int | None = None,
+        resize: bool = False,
         seed: int = 0,
         episodic: bool = False,
         input_ndim: int | None = 4,
@@ -191,6 +192,8 @@ class DDA(TTAMethod):
             guidance_scale: Structure-guidance step size (official ImageNet: 6).
             guidance_norm: ``batch`` (official, one norm over the chunk) or ``image``.
             chunk_size: Images projected at once (``None``: the whole batch).
+            resize: Resize test images to the denoiser's size for the projection and back (e.g. 224-px
+                ImageNet-C crops with the 256-px ADM model); ``False`` raises on a size mismatch.
             seed: Base seed of the projection noise.
             episodic: Reset before every batch.
             input_ndim: Expected input rank.
@@ -212,6 +215,6 @@ class DDA(TTAMethod):
         schedule = NoiseSchedule.linear(num_train_steps, respacing=respacing)
         projector = DiffusionProjector(
             denoiser, schedule, start_step=start_step, low_pass_factor=low_pass_factor,
-            guidance_scale=guidance_scale, guidance_norm=guidance_norm, chunk_size=chunk_size,
+            guidance_scale=guidance_scale, guidance_norm=guidance_norm, chunk_size=chunk_size, resize=resize,
         )  # fmt: skip
         return cls(model, projector, ensemble=ensemble, seed=seed, episodic=episodic, input_ndim=input_ndim)

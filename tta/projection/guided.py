@@ -36,6 +36,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from tta.projection.denoisers import DenoiserOutput, as_denoiser
 from tta.projection.lowpass import low_pass
@@ -62,6 +63,11 @@ def guidance_distance(reference_low: Tensor, x0: Tensor, factor: int, norm: Guid
     if norm == "image":
         return torch.linalg.vector_norm(difference.flatten(1), dim=1).sum()
     raise ValueError(f"unknown guidance norm {norm!r}; choose 'batch' (official) or 'image'")
+
+
+def _resize(images: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Resize ``[0, 1]`` images bicubically (antialiased when shrinking), clamped back to ``[0, 1]``."""
+    return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0.0, 1.0)
 
 
 def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -166,6 +172,10 @@ class DiffusionProjector(nn.Module):
         fixed_variance: For denoisers without learned sigma (see :func:`guided_projection`).
         chunk_size: Images projected together (memory, and the batch-wide norm's coupling); ``None``
             projects the whole batch at once.
+        resize: When the images' size differs from the denoiser's, resize them to it (bicubic,
+            antialiased), project, and resize the result back; ``False`` raises instead. The official
+            pipeline resizes ImageNet-C's 224-px images to the 256-px model in its data loader and
+            classifies crops of the saved projections; resizing back to the input size is ours.
     """
 
     def __init__(
@@ -179,6 +189,7 @@ class DiffusionProjector(nn.Module):
         guidance_norm: GuidanceNorm = "batch",
         fixed_variance: FixedVariance = "small",
         chunk_size: int | None = None,
+        resize: bool = False,
     ) -> None:
         super().__init__()
         if guidance_norm not in ("batch", "image"):
@@ -191,6 +202,7 @@ class DiffusionProjector(nn.Module):
         self._denoiser = (as_denoiser(denoiser).eval().requires_grad_(False),)  # a tuple: not a submodule
         self.start_step, self.low_pass_factor, self.guidance_scale = start_step, low_pass_factor, guidance_scale
         self.guidance_norm, self.fixed_variance, self.chunk_size = guidance_norm, fixed_variance, chunk_size
+        self.resize = resize
 
     @property
     def denoiser(self) -> nn.Module:
@@ -208,11 +220,20 @@ class DiffusionProjector(nn.Module):
             ValueError: if the images' size or channels do not match the denoiser.
         """
         image_size = getattr(self.denoiser, "image_size", None)
-        if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
-            raise ValueError(
-                f"the diffusion model was trained on {image_size}x{image_size} images, got "
-                f"{images.shape[-2]}x{images.shape[-1]}; resize the test images or use a denoiser of that size"
-            )
+        size = tuple(images.shape[-2:])
+        if image_size is not None and size != (image_size, image_size):
+            if not self.resize:
+                raise ValueError(
+                    f"the diffusion model was trained on {image_size}x{image_size} images, got "
+                    f"{images.shape[-2]}x{images.shape[-1]}; resize the test images, pass resize=True, or use a "
+                    "denoiser of that size"
+                )
+            resized = _resize(images, (image_size, image_size))
+            return _resize(self._project(resized, generator), size)
+        return self._project(images, generator)
+
+    def _project(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Project images of the denoiser's size, chunk by chunk."""
         chunk = self.chunk_size or images.shape[0]
         outputs = []
         for start in range(0, images.shape[0], chunk):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from tests.tta.projection.tiny_denoiser import TinyDenoiser
 from tta.projection.denoisers import ModuleDenoiser
@@ -93,6 +94,29 @@ def test_projector_maps_unit_images_in_chunks_and_checks_size() -> None:
     assert dict(projector.state_dict()) == {}  # the frozen denoiser is not state
     with pytest.raises(ValueError, match="trained on 16x16 images, got 28x28"):
         projector(torch.rand(1, 3, 28, 28))
+
+
+class _SizeRecorder(nn.Module):
+    """A denoiser stand-in that records the sizes it is called on and predicts zero noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.sizes.append((x_t.shape[-2], x_t.shape[-1]))
+        return torch.zeros_like(x_t)
+
+
+def test_resize_projects_at_the_denoisers_size_and_returns_the_input_size() -> None:
+    recorder = _SizeRecorder()
+    projector = DiffusionProjector(ModuleDenoiser(recorder, image_size=16), SCHEDULE, start_step=2, resize=True)
+    out = projector(torch.rand(2, 3, 12, 12), generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 12, 12) and out.min() >= 0 and out.max() <= 1
+    assert recorder.sizes and set(recorder.sizes) == {(16, 16)}
+    recorder.sizes.clear()
+    projector(torch.rand(2, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    assert set(recorder.sizes) == {(16, 16)}  # a matching size is projected as is
 
 
 def test_projector_works_under_inference_mode() -> None:
