@@ -124,3 +124,25 @@ def test_truncated_clean_cifar_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]})[:40])
     with pytest.raises(ValueError, match="not a complete CIFAR python test split"):
         CifarCleanTest(path, "cifar10-c")
+
+
+def test_dda_on_imagenet_c_layout_with_a_saved_adm_checkpoint(weights: Path, tmp_path: Path) -> None:
+    from tta.projection.adm import ADMConfig, ADMUNet, save_adm
+
+    root = tmp_path / "ImageNet-C"
+    for wnid in ("n01", "n02"):
+        (root / "fog" / "5" / wnid).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (24, 24), (40 * i, 80, 120)).save(root / "fog" / "5" / wnid / f"{i}.JPEG")
+    torch.save(tiny_rgb_classifier(1000).state_dict(), weights)
+    config = ADMConfig(image_size=32, model_channels=32, channel_mult=(1, 2), attention_resolutions=(16,),
+                       num_head_channels=8)
+    save_adm(ADMUNet(config), tmp_path / "adm.pt")
+    args = ["bench", "--dataset", "imagenet-c", "--data-root", str(root), "--model", FACTORY, "--weights",
+            str(weights), "--methods", "dda", "--corruptions", "fog", "--preprocess", "none", "--batch-size", "4",
+            "--option", f"dda.denoiser={tmp_path / 'adm.pt'}", "--option", "dda.resize=true",
+            "--option", "dda.respacing=10", "--option", "dda.start_step=2", "--results", str(tmp_path / "r.sqlite")]
+    assert main(args) == 0  # 24-px images projected by a 32-px model and back
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        (record,) = store.records(method="dda")
+    assert record.n == 4

@@ -41,6 +41,7 @@ Differences from the reference implementation:
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import torch
@@ -48,6 +49,7 @@ from torch import Tensor, nn
 
 from adapters_bn import adapt_batchnorm, iter_adaptive
 from tta.base import TTAMethod
+from tta.projection.denoisers import load_denoiser
 from tta.projection.guided import DiffusionProjector, GuidanceNorm
 from tta.projection.schedule import NoiseSchedule
 from tta.registry import register_adapter
@@ -170,6 +172,7 @@ class DDA(TTAMethod):
         guidance_norm: GuidanceNorm = "batch",
         chunk_size: int | None = None,
         resize: bool = False,
+        fp16: bool = False,
         seed: int = 0,
         episodic: bool = False,
         input_ndim: int | None = 4,
@@ -194,6 +197,8 @@ class DDA(TTAMethod):
             chunk_size: Images projected at once (``None``: the whole batch).
             resize: Resize test images to the denoiser's size for the projection and back (e.g. 224-px
                 ImageNet-C crops with the 256-px ADM model); ``False`` raises on a size mismatch.
+            fp16: Load an ADM checkpoint path with half-precision blocks (the official ImageNet script's
+                ``use_fp16``; for CUDA); ignored for a denoiser passed as a module.
             seed: Base seed of the projection noise.
             episodic: Reset before every batch.
             input_ndim: Expected input rank.
@@ -212,6 +217,8 @@ class DDA(TTAMethod):
             model = adapt_batchnorm(model, stats="batch")
             if not any(iter_adaptive(model)):
                 raise ValueError(f"base='norm' needs BatchNorm layers, and {type(model).__name__} has none")
+        if isinstance(denoiser, (str, os.PathLike)):
+            denoiser = load_denoiser(denoiser, use_fp16=fp16)
         schedule = NoiseSchedule.linear(num_train_steps, respacing=respacing)
         projector = DiffusionProjector(
             denoiser, schedule, start_step=start_step, low_pass_factor=low_pass_factor,
