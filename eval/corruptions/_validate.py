@@ -21,6 +21,7 @@ __all__ = [
     "check_image",
     "check_severity",
     "validated",
+    "validated_per_image",
 ]
 
 #: Values may leave [0, 1] by this much (resampling round-off) and are clamped before corrupting.
@@ -130,6 +131,20 @@ def validated(fn: _Implementation) -> Corruption:
     depend on the caller's batch size beyond the order of random draws. The result is clamped
     to [0, 1] and cast back to the input dtype, as the reference clips every output.
     """
+    return _wrap(fn, per_image=False)
+
+
+def validated_per_image(fn: _Implementation) -> Corruption:
+    """Like :func:`validated`, for a corruption that already works one image at a time and returns values in [0, 1].
+
+    Such a function gains nothing from chunking and needs no clamp, so the whole batch is passed at
+    once and its output is only cast back to the input dtype (two passes over the batch fewer).
+    """
+    return _wrap(fn, per_image=True)
+
+
+def _wrap(fn: _Implementation, *, per_image: bool) -> Corruption:
+    """Return the checked, chunked (unless ``per_image``) and clamped (unless ``per_image``) corruption."""
     name = getattr(fn, "__name__", "corruption")
 
     @functools.wraps(fn)
@@ -146,6 +161,8 @@ def validated(fn: _Implementation) -> Corruption:
         work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         if low < 0 or high > 1:  # only round-off within the tolerance is left to clamp
             work = work.clamp(0, 1)
+        if per_image:
+            return fn(work, level, generator=generator, table=resolved).to(x.dtype)
         chunk = max(1, CHUNK_ELEMENTS // max(1, work[0].numel()))
         if work.shape[0] <= chunk:
             out = fn(work, level, generator=generator, table=resolved)
