@@ -47,13 +47,19 @@ def test_bench_on_cifar_c_layout(cifar_root: Path, weights: Path, tmp_path: Path
     assert all(r.key.model.startswith(f"{FACTORY}:tiny.pth@") for r in records)
 
 
-def test_bench_on_imagenet_c_layout_with_subset(weights: Path, tmp_path: Path) -> None:
+def _imagenet_c_replica(tmp_path: Path, weights: Path, *, side: int, per_class: int) -> Path:
+    """Write fog-5 of a two-class ImageNet-C replica and a 1000-class tiny model's weights; return the root."""
     root = tmp_path / "ImageNet-C"
     for wnid in ("n01", "n02"):
         (root / "fog" / "5" / wnid).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (16, 16), (40 * i, 80, 120)).save(root / "fog" / "5" / wnid / f"{i}.JPEG")
+        for i in range(per_class):
+            Image.new("RGB", (side, side), (40 * i, 80, 120)).save(root / "fog" / "5" / wnid / f"{i}.JPEG")
     torch.save(tiny_rgb_classifier(1000).state_dict(), weights)
+    return root
+
+
+def test_bench_on_imagenet_c_layout_with_subset(weights: Path, tmp_path: Path) -> None:
+    root = _imagenet_c_replica(tmp_path, weights, side=16, per_class=3)
     args = ["bench", "--dataset", "imagenet-c", "--data-root", str(root), "--model", FACTORY, "--weights",
             str(weights), "--methods", "source", "--corruptions", "fog", "--preprocess", "none", "--per-class", "2",
             "--batch-size", "4", "--results", str(tmp_path / "r.sqlite")]
@@ -129,12 +135,7 @@ def test_truncated_clean_cifar_is_a_clear_error(tmp_path: Path) -> None:
 def test_dda_on_imagenet_c_layout_with_a_saved_adm_checkpoint(weights: Path, tmp_path: Path) -> None:
     from tta.projection.adm import ADMConfig, ADMUNet, save_adm
 
-    root = tmp_path / "ImageNet-C"
-    for wnid in ("n01", "n02"):
-        (root / "fog" / "5" / wnid).mkdir(parents=True)
-        for i in range(2):
-            Image.new("RGB", (24, 24), (40 * i, 80, 120)).save(root / "fog" / "5" / wnid / f"{i}.JPEG")
-    torch.save(tiny_rgb_classifier(1000).state_dict(), weights)
+    root = _imagenet_c_replica(tmp_path, weights, side=24, per_class=2)
     config = ADMConfig(image_size=32, model_channels=32, channel_mult=(1, 2), attention_resolutions=(16,),
                        num_head_channels=8)
     save_adm(ADMUNet(config), tmp_path / "adm.pt")
