@@ -30,8 +30,9 @@ class BenchProgress:
 
     Batches run in this process advance the bar one by one; a unit that ran elsewhere (a Ray task)
     advances it by its batches when it finishes and shows its last cell. The running error is kept
-    as a tensor on the logits' device and read back only when the postfix is redrawn (at most every
-    ``bar.mininterval`` seconds), so the bar adds no per-batch device synchronisation.
+    as a tensor on the logits' device and read back only when the postfix is redrawn (at most twice per
+    ``bar.mininterval``), so the bar adds no per-batch device synchronisation. A cell's rate is shown
+    from its second batch on (``–`` before).
 
     Args:
         bar: The tqdm bar to drive (see :func:`progress_bar`).
@@ -62,12 +63,12 @@ class BenchProgress:
         now = self.clock()
         if item.domain != self._domain:
             self._domain, self._batches, self._images, self._wrong = item.domain, 0, 0, 0
-            self._cell_start, self._drawn, self._first_images = now, float("-inf"), int(item.y.shape[0])
+            self._cell_start, self._first_images = now, int(item.y.shape[0])
         self._batches += 1
         self._unit_batches += 1
         self._images += int(item.y.shape[0])
         self._wrong = self._wrong + (logits.argmax(dim=1) != item.y.to(logits.device)).sum()
-        if now - self._drawn >= self.bar.mininterval:
+        if now - self._drawn >= self.bar.mininterval / 2:  # fresh whenever tqdm next prints
             self._drawn = now
             error = float(self._wrong) / self._images
             # the clock starts after the cell's first batch, so that batch's images are not in the rate
@@ -89,8 +90,8 @@ class BenchProgress:
             self.bar.refresh()
 
     def _postfix(self, domain: str, batch: str, error: float, rate: float) -> None:
-        self.bar.set_postfix_str(f"domain={domain} batch={batch} err={100 * error:.1f}% {rate:,.0f} img/s",
-                                 refresh=False)
+        shown = "–" if rate != rate else f"{rate:,.0f}"  # NaN: no time measured yet
+        self.bar.set_postfix_str(f"domain={domain} batch={batch} err={100 * error:.1f}% {shown} img/s", refresh=False)
 
     def close(self) -> None:
         """Close the bar."""

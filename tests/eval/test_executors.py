@@ -202,6 +202,19 @@ def test_progress_shows_domain_batch_running_error_and_rate() -> None:
     progress.close()
 
 
+def test_progress_in_logs_shows_a_cell_mid_way_not_its_first_batch() -> None:
+    """With the 15-s log interval, short cells must not leave the postfix stuck at batch 1 (no rate yet)."""
+    bar = tqdm(total=0, file=io.StringIO(), mininterval=15)
+    clock = iter(float(t) for t in range(1000))
+    progress = BenchProgress(bar, clock=lambda: next(clock))
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    for domain in (NOISE, CONTRAST, NOISE, CONTRAST):  # cells of 5 batches, one second each
+        for _ in range(5):
+            progress.batch(StreamItem(domain, torch.zeros(2, 1), torch.tensor([0, 1]), False), logits)
+    assert "batch=1 " not in bar.postfix and "–" not in bar.postfix and "err=0.0%" in bar.postfix
+    progress.close()
+
+
 @pytest.mark.timeout(240)
 def test_killed_driver_resumes_with_nothing_lost_or_duplicated(fmnist_dir, checkpoint, tmp_path, faults) -> None:  # type: ignore[no-untyped-def]
     args = ["bench", "--data-root", str(fmnist_dir), "--checkpoint", str(checkpoint), "--methods", "source,norm",
