@@ -51,6 +51,18 @@ class PeriodicCheckpoint:
         self.every = every
         self.batches = 0  # adapted batches seen since this object was attached
         self.writes = 0
+        self.enabled = True
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PeriodicCheckpoint:
+        """A copied adapter does not checkpoint: two adapters writing one file would overwrite each other.
+
+        Attach a new :class:`PeriodicCheckpoint` with its own path to the copy to checkpoint it.
+        """
+        copied = PeriodicCheckpoint(self.path, self.every)
+        copied.enabled = False
+        logger.warning("a copy of an adapter checkpointed to %s does not checkpoint; attach its own "
+                       "PeriodicCheckpoint with another path", self.path)
+        return copied
 
     def attach(self, adapter: TTAMethod) -> RemovableHandle:
         """Start checkpointing ``adapter``; returns the hook handle (``handle.remove()`` stops it)."""
@@ -61,7 +73,7 @@ class PeriodicCheckpoint:
     def _after_forward(self, adapter: TTAMethod, args: tuple[Any, ...], output: Any) -> None:
         # Runs only after a forward that returned; a rejected batch raised before reaching here.
         with adapter._lock:  # count and save as one step, between two whole forwards of other threads
-            if not adapter.is_adapting:
+            if not self.enabled or not adapter.is_adapting:
                 return
             self.batches += 1
             if self.batches % self.every == 0:

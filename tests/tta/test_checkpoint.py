@@ -106,3 +106,18 @@ def test_checkpoint_with_the_collapse_guard(tmp_path: Path) -> None:
 def test_invalid_checkpoint_interval_is_refused(every: object, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="checkpoint_every"):
         tta.wrap(tiny_classifier(), "norm", checkpoint=tmp_path / "s.pt", checkpoint_every=every)  # type: ignore[arg-type]
+
+
+def test_a_copied_adapter_does_not_write_the_originals_checkpoint(tmp_path: Path) -> None:
+    import copy
+
+    path = tmp_path / "state.pt"
+    adapter = tta.wrap(tiny_classifier(), "tent", checkpoint=path, checkpoint_every=1)
+    adapter(_batch(0))
+    written = path.read_bytes()
+    twin = copy.deepcopy(adapter)
+    twin(_batch(1))
+    twin(_batch(2))
+    assert path.read_bytes() == written  # only the original writes its file
+    adapter(_batch(3))
+    assert path.read_bytes() != written
