@@ -140,15 +140,21 @@ class TTAMethod(nn.Module):
                 f"x.to({param.dtype}) or call inside torch.autocast"
             )
 
+    def batch_of_one_advice(self) -> str | None:
+        """What to tell the user, once, when a batch of one image arrives; ``None`` when it is fine."""
+        if not any(layer.stats == "batch" for _, layer in iter_adaptive(self.model)):
+            return None
+        return (f"{type(self).__name__} normalizes with the statistics of a batch of 1 image, which are too noisy "
+                "to adapt well (a batch-1 stream can end far worse than the source model); build it with "
+                "stats='ema' for batch-size-1 streams (docs/production.md)")
+
     def _warn_batch_of_one(self) -> None:
-        if self._warned_batch_of_one or not any(layer.stats == "batch" for _, layer in iter_adaptive(self.model)):
+        if self._warned_batch_of_one:
             return
-        self._warned_batch_of_one = True
-        warnings.warn(
-            f"{type(self).__name__} normalizes with the statistics of a batch of 1 image, which are too noisy "
-            "to adapt well (a batch-1 stream can end far worse than the source model); build it with "
-            "stats='ema' for batch-size-1 streams (docs/production.md)", RuntimeWarning, stacklevel=4,
-        )
+        advice = self.batch_of_one_advice()
+        if advice is not None:
+            self._warned_batch_of_one = True
+            warnings.warn(advice, RuntimeWarning, stacklevel=4)
 
     def snapshot(self) -> None:
         """Capture the current state (parameters, buffers, optimizer states) as the reset point."""

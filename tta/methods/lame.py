@@ -41,7 +41,6 @@ Differences from the reference implementation:
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
 import torch
@@ -190,7 +189,6 @@ class LAME(TTAMethod):
         self._split = (features, classifier)  # tuple: both share the model's parameters, not registered twice
         self.affinity, self.knn, self.symmetrize = affinity, knn, symmetrize
         self.bound_lambda, self.max_steps, self.tol = bound_lambda, max_steps, tol
-        self._warned_single = False
         self.snapshot()
 
     def adapt_step(self, x: Tensor) -> Tensor:
@@ -202,8 +200,7 @@ class LAME(TTAMethod):
         feats = features(x).flatten(1)
         logits = classifier(feats)
         with torch.autocast(x.device.type, enabled=False):
-            if x.shape[0] < 2:
-                self._warn_single()
+            if x.shape[0] < 2:  # TTAMethod.forward warned (batch_of_one_advice)
                 return logits.float().log_softmax(-1).to(logits.dtype)
             feats, probs = feats.float(), logits.float().softmax(-1)
             unary = -torch.log(probs + _EPS_LOG)
@@ -213,14 +210,10 @@ class LAME(TTAMethod):
                                        tol=self.tol)
             return torch.log(y.clamp_min(_EPS_ENTROPY)).to(logits.dtype)
 
-    def _warn_single(self) -> None:
-        if not self._warned_single:
-            self._warned_single = True
-            warnings.warn(
-                "LAME got a batch of 1 image: with no neighbours it returns the frozen model's prediction "
-                "unchanged. Batch requests (LAME needs several samples per batch) to benefit from it.",
-                RuntimeWarning, stacklevel=4,
-            )
+    def batch_of_one_advice(self) -> str:
+        """LAME has no neighbours in a batch of one image: it returns the frozen model's prediction."""
+        return ("LAME got a batch of 1 image: with no neighbours it returns the frozen model's prediction "
+                "unchanged. Batch requests (LAME needs several samples per batch) to benefit from it.")
 
     @classmethod
     def from_model(
