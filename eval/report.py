@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 from eval.baselines import ALEXNET_ERRORS
 from eval.domains import Domain
@@ -14,6 +16,8 @@ from eval.results import Record, Results
 
 __all__ = ["mce_by_method", "plot_errors", "plot_error_over_domains", "markdown_report", "protocol_means",
            "protocol_table", "plot_protocols"]
+
+K = TypeVar("K", bound=Hashable)
 
 
 def _method_label(record: Record) -> str:
@@ -70,18 +74,25 @@ def protocol_table(results: Results) -> str:
 
 def plot_protocols(results: Results, path: str | os.PathLike[str], *, title: str = "") -> Path:
     """Write a grouped bar chart: mean error per protocol (x) per method (bars)."""
-    plt = _pyplot()
-    means = protocol_means(results)
     protocols = list(dict.fromkeys(r.key.protocol for r in results))
-    width = 0.8 / max(len(means), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(protocols)), 4.0))
-    for i, (method, by_protocol) in enumerate(means.items()):
-        xs = [j + i * width for j in range(len(protocols))]
-        ax.bar(xs, [100 * by_protocol.get(p, float("nan")) for p in protocols], width, label=method)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(protocols))], protocols, rotation=20, ha="right")
-    ax.set_ylabel("mean error (%)")
+    return _grouped_bars(protocol_means(results), protocols, protocols, path, width_per_group=1.3, rotation=20,
+                         ylabel="mean error (%)", title=title, legend_fontsize="small")
+
+
+def _grouped_bars(table: Mapping[str, Mapping[K, float]], groups: Sequence[K], labels: Sequence[str],
+                  path: str | os.PathLike[str], *, width_per_group: float, rotation: int, ylabel: str, title: str,
+                  legend_fontsize: str | None = None) -> Path:
+    """Write a bar chart with one group per entry of ``groups`` and one bar per row of ``table`` (fractions)."""
+    plt = _pyplot()
+    width = 0.8 / max(len(table), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, width_per_group * len(groups)), 4.0))
+    for i, (method, values) in enumerate(table.items()):
+        xs = [j + i * width for j in range(len(groups))]
+        ax.bar(xs, [100 * values.get(g, float("nan")) for g in groups], width, label=method)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], list(labels), rotation=rotation, ha="right")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize=legend_fontsize)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -101,22 +112,10 @@ def _pyplot() -> ModuleType:
 
 def plot_errors(results: Results, path: str | os.PathLike[str], *, title: str = "") -> Path:
     """Write a grouped bar chart: error per domain (x) per method (bars)."""
-    plt = _pyplot()
     table = _errors_by_method(results)
     domains = list(dict.fromkeys(r.key.domain for r in results))
-    width = 0.8 / max(len(table), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.4 * len(domains) * max(len(table), 1)), 4.0))
-    for i, (method, errors) in enumerate(table.items()):
-        xs = [j + i * width for j in range(len(domains))]
-        ax.bar(xs, [100 * errors.get(d, float("nan")) for d in domains], width, label=method)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(domains))], [str(d) for d in domains], rotation=45, ha="right")
-    ax.set_ylabel("error (%)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _grouped_bars(table, domains, [str(d) for d in domains], path,
+                         width_per_group=0.4 * max(len(table), 1), rotation=45, ylabel="error (%)", title=title)
 
 
 def plot_error_over_domains(results: Results, path: str | os.PathLike[str], *, title: str = "") -> Path:
