@@ -224,12 +224,14 @@ class StreamingNLL:
     """Mean negative log-likelihood accumulated over batches; equals :func:`negative_log_likelihood` on their concatenation."""
 
     def __init__(self) -> None:
-        self.reset()
+        self._sum: Tensor | float = 0.0
+        self.count = 0
 
     def update(self, logits: Tensor, y: Tensor) -> None:
         """Add one batch of logits ``(B, K)`` and labels ``(B,)``."""
         _check_inputs(logits, y)
-        self._sum += float(torch.nn.functional.cross_entropy(logits.double(), y, reduction="sum"))
+        # kept on the logits' device (float64) until compute(): no extra device synchronisation per batch
+        self._sum = self._sum + torch.nn.functional.cross_entropy(logits.double(), y, reduction="sum")
         self.count += logits.shape[0]
 
     def compute(self) -> float:
@@ -240,7 +242,7 @@ class StreamingNLL:
         """
         if self.count == 0:
             raise ValueError("StreamingNLL.compute() called before any update(); add a batch first")
-        return self._sum / self.count
+        return float(self._sum) / self.count
 
     def reset(self) -> None:
         """Forget every sample seen so far."""
