@@ -90,3 +90,16 @@ def test_image_size_mismatch_says_what_the_denoiser_expects() -> None:
     adapter = _dda(denoiser=ModuleDenoiser(TinyDenoiser(), image_size=28))
     with pytest.raises(ValueError, match="trained on 28x28 images, got 16x16"):
         adapter(torch.rand(2, 3, 16, 16))
+
+
+def test_fp16_loads_an_adm_checkpoint_path_with_half_precision_blocks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tta.projection.adm import ADMConfig, ADMUNet, save_adm
+
+    config = ADMConfig(image_size=16, model_channels=32, channel_mult=(1, 2), attention_resolutions=(8,),
+                       num_head_channels=8)
+    save_adm(ADMUNet(config), tmp_path / "adm.pt")
+    half = tta.wrap(tiny_classifier(), "dda", denoiser=str(tmp_path / "adm.pt"), fp16=True)
+    full = tta.wrap(tiny_classifier(), "dda", denoiser=str(tmp_path / "adm.pt"))
+    assert half.projector.denoiser.unet.block_dtype == torch.float16
+    assert next(half.projector.denoiser.unet.input_blocks.parameters()).dtype == torch.float16
+    assert full.projector.denoiser.unet.block_dtype == torch.float32

@@ -41,7 +41,6 @@ Differences from the reference implementation:
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 import torch
@@ -49,7 +48,7 @@ from torch import Tensor, nn
 
 from adapters_bn import adapt_batchnorm, iter_adaptive
 from tta.base import TTAMethod
-from tta.projection.denoisers import load_denoiser
+from tta.projection.denoisers import as_denoiser
 from tta.projection.guided import DiffusionProjector, GuidanceNorm
 from tta.projection.schedule import NoiseSchedule
 from tta.registry import register_adapter
@@ -217,8 +216,7 @@ class DDA(TTAMethod):
             model = adapt_batchnorm(model, stats="batch")
             if not any(iter_adaptive(model)):
                 raise ValueError(f"base='norm' needs BatchNorm layers, and {type(model).__name__} has none")
-        if isinstance(denoiser, (str, os.PathLike)):
-            denoiser = load_denoiser(denoiser, use_fp16=fp16)
+        denoiser = as_denoiser(denoiser, use_fp16=fp16)
         schedule = NoiseSchedule.linear(num_train_steps, respacing=respacing)
         projector = DiffusionProjector(
             denoiser, schedule, start_step=start_step, low_pass_factor=low_pass_factor,

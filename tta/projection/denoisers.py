@@ -202,7 +202,8 @@ def load_denoiser(
     return ADMDenoiser(load_adm(path, use_fp16=use_fp16, map_location=map_location).eval())
 
 
-def as_denoiser(obj: Any, *, image_size: int | None = None, channels: int | None = None) -> nn.Module:
+def as_denoiser(obj: Any, *, image_size: int | None = None, channels: int | None = None,
+                use_fp16: bool = False) -> nn.Module:
     """Return ``obj`` as a denoiser: a path is loaded, an ``ADMUNet`` or diffusers UNet is adapted, a module wrapped.
 
     Args:
@@ -211,6 +212,7 @@ def as_denoiser(obj: Any, *, image_size: int | None = None, channels: int | None
             ``(x_t, t) -> Tensor``.
         image_size: Size a plain module accepts (``None``: any).
         channels: Channels a plain module accepts (``None``: any).
+        use_fp16: Load an ADM checkpoint path with half-precision blocks (ignored for modules).
 
     Raises:
         TypeError: if ``obj`` is none of those.
@@ -218,7 +220,7 @@ def as_denoiser(obj: Any, *, image_size: int | None = None, channels: int | None
     if isinstance(obj, (ModuleDenoiser, ADMDenoiser, DiffusersDenoiser)):
         return obj
     if isinstance(obj, (str, os.PathLike)):
-        return load_denoiser(obj)
+        return load_denoiser(obj, use_fp16=use_fp16)
     if not isinstance(obj, nn.Module):
         raise TypeError(f"expected a denoiser module or a checkpoint path, got {type(obj).__name__}")
     if type(obj).__name__ == "ADMUNet":
