@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from eval.domains import Domain
 
@@ -120,7 +120,7 @@ def _parse_options(text: str) -> dict[str, object]:
 _KEY_FIELDS = tuple(f.name for f in fields(CellKey))
 _VALUE_FIELDS = ("error", "ece", "n", "seconds", "created", "nll", "peak_memory_mb", "meta")
 Metric = Literal["error", "ece", "nll", "seconds", "peak_memory_mb", "images_per_second"]
-METRICS: tuple[str, ...] = ("error", "ece", "nll", "seconds", "peak_memory_mb", "images_per_second")
+METRICS: tuple[str, ...] = get_args(Metric)
 _ADDED_IN_V2 = {"nll": None, "peak_memory_mb": None, "meta": "{}"}  # value fields a version-1 record lacks
 
 

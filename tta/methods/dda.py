@@ -41,7 +41,7 @@ Differences from the reference implementation:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +56,7 @@ from tta.registry import register_adapter
 __all__ = ["DDA", "Ensemble", "ENSEMBLES", "ensemble_probabilities"]
 
 Ensemble = Literal["sum", "entropy", "confidence", "entropy_sum", "confidence_sum", "original", "projected"]
-ENSEMBLES: tuple[str, ...] = ("sum", "entropy", "confidence", "entropy_sum", "confidence_sum", "original", "projected")
+ENSEMBLES: tuple[str, ...] = get_args(Ensemble)
 _SEED_STRIDE = 1_000_003  # decorrelates the seeds of consecutive batches and of different base seeds
 
 
