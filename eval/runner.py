@@ -162,11 +162,7 @@ def _step_mixed(adapter: nn.Module, item: StreamItem, device: torch.device | str
     The batch's time is shared among its domains in proportion to their samples.
     """
     start = time.perf_counter()
-    if item.reset:
-        _reset(adapter)
-    x = item.x.to(device, non_blocking=True)
-    y = item.y.to(device, non_blocking=True)
-    logits = _check_logits(adapter(x), x).detach()
+    logits, y = _predict(adapter, item, device)
     seconds = time.perf_counter() - start
     tags = item.sample_domains or ()
     for domain in dict.fromkeys(tags):
@@ -179,13 +175,18 @@ def _step_mixed(adapter: nn.Module, item: StreamItem, device: torch.device | str
 
 def _step(adapter: nn.Module, item: StreamItem, device: torch.device | str, meter: _DomainMeter) -> Tensor:
     """Reset if asked, predict on one batch, score it and return the detached logits."""
+    logits, y = _predict(adapter, item, device)
+    meter.update(logits, y)
+    return logits
+
+
+def _predict(adapter: nn.Module, item: StreamItem, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """Reset if the item asks, move the batch to ``device`` and return the detached logits and the labels."""
     if item.reset:
         _reset(adapter)
     x = item.x.to(device, non_blocking=True)
     y = item.y.to(device, non_blocking=True)
-    logits = _check_logits(adapter(x), x).detach()
-    meter.update(logits, y)
-    return logits
+    return _check_logits(adapter(x), x).detach(), y
 
 
 def _finish(domain: Domain, meter: _DomainMeter, on_cell: Callable[[Domain, CellStats], None] | None) -> None:
