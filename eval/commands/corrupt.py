@@ -12,7 +12,7 @@ import numpy as np
 from eval.commands.errors import CLIError
 from eval.commands.options import split_csv
 from eval.commands.progress import progress_bar
-from eval.corruptions import list_corruptions
+from eval.corruptions import parse_corruptions
 
 if TYPE_CHECKING:
     from eval.datasets.writers import ImageFolderSource, Layout
@@ -47,10 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
 
 
-def _corruptions(text: str) -> list[str]:
-    return list_corruptions(text) if text in _SUBSETS else split_csv(text)  # type: ignore[arg-type]
-
-
 def _load_arrays(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     if args.input == "fmnist":
         from eval.datasets import load_fashion_mnist
@@ -75,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         severities = [int(s) for s in split_csv(args.severities)]
     except ValueError:
         raise CLIError(f"--severities expects integers like 5 or 1,3,5, got {args.severities!r}") from None
+    try:
+        corruptions = parse_corruptions(args.corruptions)
+    except ValueError as error:
+        raise CLIError(f"--corruptions: {error}") from None
     folder_input = args.input != "fmnist" and Path(args.input).is_dir()
     if args.input != "fmnist" and not folder_input and not Path(args.input).is_file():
         raise CLIError(f"--input {args.input} is neither a folder, a .npy file nor 'fmnist'")
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             bar.write(f"resuming: {done} image(s) already written in {args.out}, skipped", file=sys.stderr)
 
     try:
-        written = write_corrupted(source, args.out, layout=layout, corruptions=_corruptions(args.corruptions),
+        written = write_corrupted(source, args.out, layout=layout, corruptions=corruptions,
                                   severities=severities, labels=labels, batch_size=args.batch_size, seed=args.seed,
                                   size=(args.size or None) if folder_input else None, device=args.device,
                                   on_start=on_start, on_progress=bar.update)

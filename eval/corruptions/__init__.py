@@ -63,6 +63,7 @@ __all__ = [
     "impulse_noise",
     "jpeg_compression",
     "list_corruptions",
+    "parse_corruptions",
     "motion_blur",
     "pixelate",
     "saturate",
@@ -147,6 +148,26 @@ def list_corruptions(subset: CorruptionSubset = "common") -> list[str]:
     return list(_SUBSETS[subset])
 
 
+def parse_corruptions(text: str) -> list[str]:
+    """Return the names meant by a subset name (``"common"``, ``"noise"``, ...) or a comma-separated list.
+
+    Raises:
+        ValueError: A listed name is not a corruption here (the message lists the valid ones).
+
+    Example:
+        >>> parse_corruptions("fog, jpeg_compression")
+        ['fog', 'jpeg_compression']
+    """
+    if text.strip() in _SUBSETS:
+        return list_corruptions(text.strip())  # type: ignore[arg-type]
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"no corruption named in {text!r}; give a subset {sorted(_SUBSETS)} or names")
+    for name in names:
+        get_corruption(name)
+    return names
+
+
 def get_corruption(name: str) -> Corruption:
     """Return the corruption function registered under ``name``.
 
@@ -158,7 +179,8 @@ def get_corruption(name: str) -> Corruption:
     available = list_corruptions("available")
     if name in _SUBSETS["all"]:
         raise ValueError(f"corruption {name!r} is not implemented yet; available: {available}")
-    raise ValueError(f"unknown corruption {name!r}; valid names: {list_corruptions('all')} (implemented: {available})")
+    implemented = "" if available == list_corruptions("all") else f" (implemented: {available})"
+    raise ValueError(f"unknown corruption {name!r}; valid names: {', '.join(list_corruptions('all'))}{implemented}")
 
 
 def corrupt(

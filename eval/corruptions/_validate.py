@@ -19,9 +19,11 @@ __all__ = [
     "Corruption",
     "check_generator",
     "check_image",
+    "check_range",
     "check_severity",
     "validated",
     "validated_per_image",
+    "values_checked",
 ]
 
 #: Values may leave [0, 1] by this much (resampling round-off) and are clamped before corrupting.
@@ -83,6 +85,22 @@ def _check_values(x: Tensor, name: str) -> tuple[float, float]:
     """Raise unless the values are finite and in [0, 1] up to the tolerance; return (min, max)."""
     # One pass: aminmax propagates NaN, and an infinity is out of range anyway.
     low, high = (float(v) for v in torch.aminmax(x))
+    check_range(low, high, name)
+    return low, high
+
+
+def values_checked(x: Tensor, name: str) -> Tensor:
+    """Return ``x`` after the value checks, clamped to [0, 1] where round-off left it outside."""
+    low, high = _check_values(x, name)
+    return x.clamp(0, 1) if low < 0 or high > 1 else x
+
+
+def check_range(low: float, high: float, name: str) -> bool:
+    """Raise unless ``[low, high]`` (an image's extremes, NaN if any value is) fits [0, 1] up to the tolerance.
+
+    Returns:
+        Whether values must be clamped: some lie outside [0, 1] by round-off within the tolerance.
+    """
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"{name}: input contains NaN or Inf; expected {_EXPECTED}")
     if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
@@ -90,7 +108,7 @@ def _check_values(x: Tensor, name: str) -> tuple[float, float]:
             f"{name}: expected values in [0, 1], got [{low:.4g}, {high:.4g}]; "
             "undo any mean/std normalization (or divide uint8 images by 255) before corrupting"
         )
-    return low, high
+    return low < 0 or high > 1
 
 
 def check_severity(severity: object, name: str = "corruption") -> int:
@@ -135,10 +153,13 @@ def validated(fn: _Implementation) -> Corruption:
 
 
 def validated_per_image(fn: _Implementation) -> Corruption:
-    """Like :func:`validated`, for a corruption that already works one image at a time and returns values in [0, 1].
+    """Like :func:`validated`, for a corruption that loops over the images itself.
 
-    Such a function gains nothing from chunking and needs no clamp, so the whole batch is passed at
-    once and its output is only cast back to the input dtype (two passes over the batch fewer).
+    Such a function checks each image's values in its own loop with :func:`check_range` (NaN,
+    Inf and the [0, 1] range, clamping round-off), while the image is in the CPU cache, and
+    returns values in [0, 1]: the wrapper skips its pass over the batch for the value check,
+    the chunking and the clamp (three passes over the batch fewer). Layout, severity, generator
+    and table are checked here as for every corruption.
     """
     return _wrap(fn, per_image=True)
 
@@ -157,12 +178,12 @@ def _wrap(fn: _Implementation, *, per_image: bool) -> Corruption:
         resolved = resolve_table(x, table, name)
         if x.shape[0] == 0:
             return x.clone()
-        low, high = _check_values(x, name)
         work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        if low < 0 or high > 1:  # only round-off within the tolerance is left to clamp
-            work = work.clamp(0, 1)
         if per_image:
             return fn(work, level, generator=generator, table=resolved).to(x.dtype)
+        low, high = _check_values(x, name)
+        if low < 0 or high > 1:  # only round-off within the tolerance is left to clamp
+            work = work.clamp(0, 1)
         chunk = max(1, CHUNK_ELEMENTS // max(1, work[0].numel()))
         if work.shape[0] <= chunk:
             out = fn(work, level, generator=generator, table=resolved)

@@ -18,7 +18,7 @@ from eval.corruptions import (
     get_corruption,
     list_corruptions,
 )
-from eval.corruptions import _validate
+from eval.corruptions import _jpeg, _validate
 from eval.corruptions._filters import filter2d_reflect101
 from eval.corruptions._frost import FROST_TEXTURES, frost_texture
 from eval.corruptions._resize import _box_axis
@@ -238,6 +238,21 @@ def test_corrupt_rejects_non_finite_and_out_of_range_values() -> None:
     assert float(slightly_over.max()) <= 1
 
 
+@pytest.mark.parametrize("name", list_corruptions("all"))
+def test_every_corruption_checks_the_values_of_every_image_and_clamps_round_off(name: str) -> None:
+    x = make_image(3, 24, 24, batch=3)
+    for bad in (float("nan"), float("inf"), 1.5, -0.2):
+        broken = x.clone()
+        broken[2, x.shape[1] - 1, 5, 7] = bad  # last image, last channel
+        with pytest.raises(ValueError, match=r"NaN or Inf|values in \[0, 1\]"):
+            corrupt(broken, name, 2, generator=torch.Generator().manual_seed(0))
+    nudged = x.clone()
+    nudged[1, 0, 0, 0], nudged[2, -1, -1, -1] = 1 + 5e-4, -5e-4  # round-off within the tolerance
+    out = corrupt(nudged, name, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, corrupt(nudged.clamp(0, 1), name, 2, generator=torch.Generator().manual_seed(0)))
+    assert 0 <= float(out.min()) and float(out.max()) <= 1
+
+
 def test_corrupt_rejects_bad_severity_and_generator() -> None:
     x = make_image(3)
     for severity in (0, 6, -1):
@@ -372,6 +387,28 @@ def test_jpeg_compression_matches_pil_save_and_load(channels: int, height: int, 
             Image.fromarray(image_u8[..., 0] if channels == 1 else image_u8).save(buffer, "JPEG", quality=quality)
             expected = np.asarray(Image.open(buffer), dtype=np.float64).reshape(image_u8.shape)
             assert np.abs(image_ours - expected).max() < 1e-6, severity
+
+
+def test_jpeg_compression_over_threads_equals_one_thread_and_raises_the_first_bad_image() -> None:
+    x = make_image(3, 40, 36, batch=7)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = corrupt(x, "jpeg_compression", 3)
+        torch.set_num_threads(3)  # slices of 2, 2 and 3 images
+        assert torch.equal(corrupt(x, "jpeg_compression", 3), single)
+        x[6, 0, 1, 1], x[3, 2, 2, 2] = float("nan"), 1.5  # the third and the second slice
+        with pytest.raises(ValueError, match=r"got \[\d.*, 1\.5\]"):
+            corrupt(x, "jpeg_compression", 3)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_jpeg_compression_falls_back_to_pil_where_torchvision_has_no_codec(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = make_image(3, 37, 29, batch=3)
+    with_torchvision = corrupt(x, "jpeg_compression", 4)
+    monkeypatch.setattr(_jpeg, "_torchvision_jpeg", lambda: None)
+    assert torch.equal(corrupt(x, "jpeg_compression", 4), with_torchvision)
 
 
 def test_plasma_fractal_spans_zero_to_one_and_smooths_with_decay() -> None:
