@@ -11,67 +11,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from eval.domains import Domain
 from eval.memory import PeakMemory
-from eval.metrics import StreamingECE, StreamingError, StreamingNLL
+from eval.meters import CellStats, DomainMeter
 from eval.protocols import StreamItem
 
-__all__ = ["CellStats", "run_benchmark"]
+__all__ = ["CellStats", "run_benchmark"]  # CellStats: re-exported from eval.meters
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CellStats:
-    """Scores of one domain of a stream.
-
-    Args:
-        error: Top-1 error as a fraction in ``[0, 1]``.
-        ece: Expected calibration error (15 equal-width bins) as a fraction in ``[0, 1]``.
-        n: Number of examples scored.
-        seconds: Time spent resetting, moving batches, adapting and scoring; data loading excluded.
-        nll: Mean negative log-likelihood of the labels (nats).
-        peak_memory_mb: Peak memory while the domain ran (CUDA allocator peak, or process RSS on CPU).
-    """
-
-    error: float
-    ece: float
-    n: int
-    seconds: float
-    nll: float | None = None
-    peak_memory_mb: float | None = None
-
-
-class _DomainMeter:
-    """Streaming error, ECE, NLL, time and peak memory of one domain."""
-
-    def __init__(self, memory: PeakMemory) -> None:
-        self.error = StreamingError()
-        self.ece = StreamingECE()
-        self.nll = StreamingNLL()
-        self.seconds = 0.0
-        self.memory = memory
-        self.peak_mb = 0.0
-
-    def update(self, logits: Tensor, y: Tensor) -> None:
-        """Score one batch."""
-        self.error.update(logits, y)
-        self.ece.update(logits, y)
-        self.nll.update(logits, y)
-
-    def close(self) -> None:
-        """End a run of this domain's batches: fold the memory peak of the run into the domain's peak."""
-        self.peak_mb = max(self.peak_mb, self.memory.peak_mb())
-
-    def stats(self) -> CellStats:
-        """Return the scores accumulated up to the last :meth:`close`."""
-        return CellStats(self.error.compute(), self.ece.compute(), self.error.count, self.seconds, self.nll.compute(),
-                         self.peak_mb)
 
 
 def _check_logits(logits: object, x: Tensor) -> Tensor:
@@ -125,7 +76,7 @@ def run_benchmark(
         TypeError: If the adapter returns something other than a tensor.
         ValueError: If the adapter returns logits of the wrong shape or the labels do not fit them.
     """
-    meters: dict[Domain, _DomainMeter] = {}
+    meters: dict[Domain, DomainMeter] = {}
     memory = PeakMemory(device)
     current: Domain | None = None
     mixed: dict[Domain, None] = {}  # domains scored from mixed batches: reported when the stream ends
@@ -142,7 +93,7 @@ def run_benchmark(
             if item.domain != current:
                 memory.reset()
             current = item.domain
-            meter = meters.setdefault(item.domain, _DomainMeter(memory))
+            meter = meters.setdefault(item.domain, DomainMeter(memory))
             start = time.perf_counter()
             logits = _step(adapter, item, device, meter)
             meter.seconds += time.perf_counter() - start
@@ -156,7 +107,7 @@ def run_benchmark(
 
 
 def _step_mixed(adapter: nn.Module, item: StreamItem, device: torch.device | str,
-                meters: dict[Domain, _DomainMeter], memory: PeakMemory) -> Tensor:
+                meters: dict[Domain, DomainMeter], memory: PeakMemory) -> Tensor:
     """Predict on a batch that mixes domains and score each sample for its own domain.
 
     The batch's time is shared among its domains in proportion to their samples.
@@ -167,13 +118,13 @@ def _step_mixed(adapter: nn.Module, item: StreamItem, device: torch.device | str
     tags = item.sample_domains or ()
     for domain in dict.fromkeys(tags):
         index = torch.tensor([i for i, tag in enumerate(tags) if tag == domain], device=logits.device)
-        meter = meters.setdefault(domain, _DomainMeter(memory))
+        meter = meters.setdefault(domain, DomainMeter(memory))
         meter.update(logits[index], y[index])
         meter.seconds += seconds * len(index) / len(tags)
     return logits
 
 
-def _step(adapter: nn.Module, item: StreamItem, device: torch.device | str, meter: _DomainMeter) -> Tensor:
+def _step(adapter: nn.Module, item: StreamItem, device: torch.device | str, meter: DomainMeter) -> Tensor:
     """Reset if asked, predict on one batch, score it and return the detached logits."""
     logits, y = _predict(adapter, item, device)
     meter.update(logits, y)
@@ -189,7 +140,7 @@ def _predict(adapter: nn.Module, item: StreamItem, device: torch.device | str) -
     return _check_logits(adapter(x), x).detach(), y
 
 
-def _finish(domain: Domain, meter: _DomainMeter, on_cell: Callable[[Domain, CellStats], None] | None) -> None:
+def _finish(domain: Domain, meter: DomainMeter, on_cell: Callable[[Domain, CellStats], None] | None) -> None:
     """Report a domain whose run of batches just ended."""
     meter.close()
     stats = meter.stats()
