@@ -158,6 +158,25 @@ def test_cuda_inductor_compiled_inner_model_matches_eager(method: str) -> None:
 
 
 
+class _MemoryFormatProbe(nn.Module):
+    """Asks for the input's memory format, as cuDNN's convolution kernels do: vmap has no rule for that."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous() if x.is_contiguous(memory_format=torch.channels_last) else x
+
+
+def test_cotta_falls_back_to_separate_forwards_on_a_real_vmap_error() -> None:
+    # The kernel-side query raises torch's own "NYI: querying is_contiguous inside of vmap" (on CPU
+    # too), the error CUDA's cuDNN convolutions raise on channels_last input.
+    options = {"num_augmentations": 2, "max_images": 64, "confidence_threshold": 1.0}  # all copies in one vmap
+    reference = tta.wrap(tiny_classifier(), "cotta", **options)
+    expected = [reference(_batch(seed)) for seed in range(2)]
+    adapter = tta.wrap(nn.Sequential(_MemoryFormatProbe(), tiny_classifier()), "cotta", **options)
+    for seed in range(2):
+        torch.testing.assert_close(adapter(_batch(seed)), expected[seed], atol=1e-6, rtol=1e-5)
+    assert adapter._vmap_works is False
+
+
 def test_cotta_falls_back_to_separate_forwards_where_vmap_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     # On CUDA, vmap over cuDNN convolutions of channels_last tensors raises "NYI ... inside of vmap";
     # CoTTA must then forward the augmented copies one by one, with the same result.
