@@ -15,6 +15,7 @@ torchvision's ViT (fused ``_native_multi_head_attention`` in inference). Both ex
 BatchNorm in training mode that holds running statistics into an inference BatchNorm (the dynamo
 exporter with at most a generic "training mode" warning), so batch statistics go through an explicit
 module (``tta._onnx_layers``), never through ``train()``.
+Running the exporters and writing the metadata below into the file is ``tta._onnx_trace``'s part.
 
 Calling convention (adaptive graphs with EMA statistics), also stored in the model's metadata:
 
@@ -27,15 +28,12 @@ Calling convention (adaptive graphs with EMA statistics), also stored in the mod
 """
 
 from __future__ import annotations
-
 import copy
-import io
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal, TypedDict
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -44,22 +42,17 @@ from torch import Tensor, nn
 from adapters_bn import AdaptiveBatchNorm, fold_batchnorm, is_batchnorm
 from tta._onnx_lame import LameGraph, LameOutput
 from tta._onnx_layers import BatchStatisticsNorm, NormConfig, StatefulGraph, to_batch_statistics
+from tta._onnx_trace import INPUT_NAME, Exporter, annotate, trace
 from tta.base import TTAMethod
 from tta.methods.norm import Norm
 from tta.methods.source import Source
-
-if TYPE_CHECKING:
-    import onnx
 
 __all__ = ["ExportMode", "Exporter", "LameGraph", "OnnxExport", "OnnxMismatchError", "export_onnx", "EXTRA_HINT"]
 
 logger = logging.getLogger(__name__)
 
 ExportMode = Literal["frozen", "adaptive"]
-Exporter = Literal["dynamo", "torchscript"]
 EXTRA_HINT = 'pip install "tta-plugin[onnx]"  (installs onnx, onnxruntime and onnxscript)'
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
-STATE_IN, STATE_OUT = "ema_in.", "ema_out."
 
 
 class OnnxMismatchError(RuntimeError):
@@ -159,9 +152,9 @@ def export_onnx(
     path = _check_destination(f)
     example = example.detach().to("cpu", torch.float32)
     graph, state = _prepare(model, mode, prior, ema_momentum, lame)
-    proto, input_names, output_names = _trace(graph, example, state, opset, dynamic_batch, exporter)
+    proto, input_names, output_names = trace(graph, example, state, opset, dynamic_batch, exporter)
     layers = sum(1 for m in graph.modules() if isinstance(m, BatchStatisticsNorm))
-    _annotate(proto, graph, state, mode, layers, lame)
+    annotate(proto, graph, state, mode, layers, lame)
     data = proto.SerializeToString()
     _write(f, path, data)
     diff = _verify(path or data, graph, example, state, input_names, atol) if check else None
@@ -270,100 +263,6 @@ def _predictor(adapter: TTAMethod) -> nn.Module:
     if type(adapter).predict is TTAMethod.predict:
         return adapter.model
     return _Predict(adapter)
-
-
-class _CommonArgs(TypedDict):
-    """Keyword arguments both exporters receive."""
-
-    input_names: list[str]
-    output_names: list[str]
-    opset_version: int
-
-
-def _trace(
-    graph: nn.Module, example: Tensor, state: list[Tensor], opset: int, dynamic_batch: bool, exporter: Exporter
-) -> tuple[onnx.ModelProto, tuple[str, ...], tuple[str, ...]]:
-    """Export with the chosen exporter; return the model and its input and output names."""
-    names = _state_names(graph)
-    input_names = (INPUT_NAME, *(STATE_IN + n for n in names))
-    output_names = (OUTPUT_NAME, *(STATE_OUT + n for n in names))
-    x = example
-    if dynamic_batch and x.shape[0] == 1:
-        x = x.expand(2, *x.shape[1:]).contiguous()  # torch.export specializes a size-1 axis to a constant
-    args: tuple[object, ...] = (x, [t.detach() for t in state]) if state else (x,)
-    common = _CommonArgs(input_names=list(input_names), output_names=list(output_names), opset_version=opset)
-    with torch.no_grad(), warnings.catch_warnings():
-        if exporter == "dynamo":
-            proto = _export_dynamo(graph, args, len(state), dynamic_batch, common)
-        else:
-            proto = _export_torchscript(graph, args, dynamic_batch, common)
-    return proto, input_names, output_names
-
-
-def _export_dynamo(
-    graph: nn.Module, args: tuple[object, ...], n_state: int, dynamic_batch: bool, common: _CommonArgs
-) -> onnx.ModelProto:
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = {0: torch.export.Dim("batch")}
-        dynamic_shapes = (batch, [None] * n_state) if n_state else (batch,)
-    # We name the batch axis ourselves (see _annotate); the exporter's renaming skips list inputs.
-    warnings.filterwarnings("ignore", message=".*dynamic axes will not be renamed")
-    program = torch.onnx.export(
-        graph, args, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False, optimize=True, **common
-    )
-    if program is None:
-        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program; expected an ONNXProgram")
-    return program.model_proto
-
-
-def _export_torchscript(
-    graph: nn.Module, args: tuple[object, ...], dynamic_batch: bool, common: _CommonArgs
-) -> onnx.ModelProto:
-    import onnx
-
-    warnings.filterwarnings("ignore", category=DeprecationWarning)  # the caller chose this exporter
-    warnings.filterwarnings("ignore", message=".*TorchScript-based ONNX export.*")
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    buffer = io.BytesIO()
-    # torch types `f` as a path, but the TorchScript exporter also writes to a file object.
-    torch.onnx.export(graph, args, buffer, dynamo=False, dynamic_axes=axes, **common)  # type: ignore[arg-type]
-    return onnx.load_from_string(buffer.getvalue())
-
-
-def _state_names(graph: nn.Module) -> list[str]:
-    if not isinstance(graph, StatefulGraph):
-        return []
-    return [f"{layer}.{stat}" for layer in graph.ema_names for stat in ("mean", "var")]
-
-
-def _annotate(
-    proto: onnx.ModelProto, graph: nn.Module, state: list[Tensor], mode: str, layers: int, lame: LameGraph | None
-) -> None:
-    """Name the batch axis, make the state inputs default to the initial state, record the convention."""
-    import onnx
-
-    for value in [*proto.graph.input[:1], *proto.graph.output[:1]]:
-        dim = value.type.tensor_type.shape.dim[0]
-        if not dim.HasField("dim_value"):
-            dim.dim_param = "batch"
-    for value, tensor in zip(proto.graph.input[1:], state):
-        # An input that also has an initializer is optional: omitting it feeds the initial state.
-        proto.graph.initializer.append(onnx.numpy_helper.from_array(tensor.numpy(), name=value.name))
-    meta = {
-        "tta.mode": mode,
-        "tta.lame": "none" if lame is None else repr(lame),
-        "tta.batchnorm_layers": str(layers),
-        "tta.state_inputs": ",".join(value.name for value in proto.graph.input[1:]),
-        "tta.calling_convention": (
-            "feed 'input'; each output 'ema_out.X' is the next call's input 'ema_in.X'; "
-            "omit the ema_in.* inputs to start from the exported statistics"
-        ),
-    }
-    if isinstance(graph, StatefulGraph):
-        meta["tta.ema_momentum"] = ",".join(str(m.ema_momentum) for m in graph.ema_layers())
-    onnx.helper.set_model_props(proto, meta)
-    onnx.checker.check_model(proto)
 
 
 def _write(f: str | os.PathLike[str] | BinaryIO, path: Path | None, data: bytes) -> None:

@@ -63,10 +63,8 @@ def _load_arrays(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     return images, np.load(labels_path)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Write the corrupted dataset with a progress bar; 130 when interrupted (finished parts are kept)."""
-    from eval.datasets.writers import load_image_folder, write_corrupted
-
+def _parse_domains(args: argparse.Namespace) -> tuple[list[int], list[str]]:
+    """Return the severities and corruption names of ``--severities`` and ``--corruptions``."""
     try:
         severities = [int(s) for s in split_csv(args.severities)]
     except ValueError:
@@ -75,19 +73,31 @@ def run(args: argparse.Namespace) -> int:
         corruptions = parse_corruptions(args.corruptions)
     except ValueError as error:
         raise CLIError(f"--corruptions: {error}") from None
+    return severities, corruptions
+
+
+def _open_source(args: argparse.Namespace) -> tuple[np.ndarray | ImageFolderSource, np.ndarray | None, bool]:
+    """Return the clean images (arrays or an image folder, cut to ``--limit``), their labels and whether a folder."""
+    from eval.datasets.writers import load_image_folder
+
     folder_input = args.input != "fmnist" and Path(args.input).is_dir()
     if args.input != "fmnist" and not folder_input and not Path(args.input).is_file():
         raise CLIError(f"--input {args.input} is neither a folder, a .npy file nor 'fmnist'")
-    labels = None
-    source: np.ndarray | ImageFolderSource
     if folder_input:
         folder = load_image_folder(args.input)
         if args.limit is not None:
             folder = type(folder)(folder.root, folder.files[: args.limit], folder.labels[: args.limit], folder.classes)
-        source = folder
-    else:
-        images, labels = _load_arrays(args)
-        source, labels = images[: args.limit], labels[: args.limit]
+        return folder, None, True
+    images, labels = _load_arrays(args)
+    return images[: args.limit], labels[: args.limit], False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the corrupted dataset with a progress bar; 130 when interrupted (finished parts are kept)."""
+    from eval.datasets.writers import write_corrupted
+
+    severities, corruptions = _parse_domains(args)
+    source, labels, folder_input = _open_source(args)
     layout: Layout = args.layout or ("folder" if folder_input else "npy")
     bar = progress_bar("corrupt", "img")
 
