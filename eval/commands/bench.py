@@ -60,16 +60,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
                    help="onnx: export each method (source frozen, norm adaptive) and score it in onnxruntime")
     p.add_argument("--executor", default="local", choices=list(EXECUTORS),
-                   help="where cells run: local (this process) or ray (one Ray task per unit; pip install '.[ray]'); "
-                        "either way this process alone writes --results")
+                   help="where cells run: local (this process), processes (--jobs worker processes on this machine) "
+                        "or ray (one Ray task per unit; pip install '.[ray]'); either way this process alone writes "
+                        "--results")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="processes: worker processes (default: the CPU cores); each gets cores/jobs torch threads "
+                        "unless --cpus-per-cell says otherwise")
     p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
                    help="ray: the cluster to join (auto: the one started here by `ray start`); default: "
                         "RAY_ADDRESS, else a private Ray instance on this machine")
-    p.add_argument("--cpus-per-cell", type=float, default=None, help="ray: CPU cores each task reserves (default 1)")
+    p.add_argument("--cpus-per-cell", type=float, default=None,
+                   help="ray: CPU cores each task reserves (default 1); processes: torch threads per worker")
     p.add_argument("--gpus-per-cell", type=float, default=None,
                    help="ray: GPUs each task reserves, fractions share a GPU (default 0; needed for --device cuda)")
     p.add_argument("--max-retries", type=int, default=None,
-                   help="times a failing unit is run again before it is reported (default: 0 local, 2 ray)")
+                   help="times a failing unit is run again before it is reported (default: 0 local, 1 processes, 2 ray)")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                    help="SQLite results store; finished cells are kept and skipped on rerun")
     p.add_argument("--out", type=Path, default=None, help="also write the table's records (.json, .csv or .md)")
@@ -110,24 +115,35 @@ def build_executor(args: argparse.Namespace) -> Executor:
     """Return the executor the flags ask for.
 
     Raises:
-        CLIError: If a Ray flag comes without ``--executor ray``, a value is out of range, or Ray is missing.
+        CLIError: If a flag does not apply to the chosen executor, a value is out of range, or Ray is missing.
     """
     retries = {} if args.max_retries is None else {"max_retries": args.max_retries}
-    if args.executor != "ray":
-        given = [flag for flag, value in (("--ray-address", args.ray_address), ("--cpus-per-cell", args.cpus_per_cell),
-                                          ("--gpus-per-cell", args.gpus_per_cell)) if value is not None]
-        if given:
-            raise CLIError(f"{', '.join(given)} only apply to --executor ray, got --executor {args.executor}")
-        return create_executor(args.executor, **retries)
-    gpus = args.gpus_per_cell or 0.0
-    if args.device.startswith("cuda") and gpus <= 0:
-        raise CLIError(f"--device {args.device} with --executor ray needs --gpus-per-cell > 0 "
-                       "(Ray hides the GPUs from tasks that reserve none)")
+    _check_executor_flags(args)
     try:
-        return create_executor("ray", address=args.ray_address, cpus_per_unit=args.cpus_per_cell or 1.0,
-                               gpus_per_unit=gpus, **retries)
+        if args.executor == "processes":
+            threads = None if args.cpus_per_cell is None else max(1, round(args.cpus_per_cell))
+            return create_executor("processes", jobs=args.jobs, threads_per_job=threads, **{"max_retries": 1, **retries})
+        if args.executor == "ray":
+            return create_executor("ray", address=args.ray_address, cpus_per_unit=args.cpus_per_cell or 1.0,
+                                   gpus_per_unit=args.gpus_per_cell or 0.0, **retries)
+        return create_executor(args.executor, **retries)
     except (ImportError, ValueError) as error:
         raise CLIError(str(error)) from None
+
+
+def _check_executor_flags(args: argparse.Namespace) -> None:
+    """Raise for a flag given to an executor it does not apply to, or CUDA on Ray without a GPU share."""
+    applies = {"--ray-address": ("ray",), "--gpus-per-cell": ("ray",), "--cpus-per-cell": ("ray", "processes"),
+               "--jobs": ("processes",)}
+    given = {"--ray-address": args.ray_address, "--gpus-per-cell": args.gpus_per_cell,
+             "--cpus-per-cell": args.cpus_per_cell, "--jobs": args.jobs}
+    wrong = [f"{flag} only applies to --executor {' or '.join(applies[flag])}"
+             for flag, value in given.items() if value is not None and args.executor not in applies[flag]]
+    if wrong:
+        raise CLIError(f"{'; '.join(wrong)}, got --executor {args.executor}")
+    if args.executor == "ray" and args.device.startswith("cuda") and (args.gpus_per_cell or 0.0) <= 0:
+        raise CLIError(f"--device {args.device} with --executor ray needs --gpus-per-cell > 0 "
+                       "(Ray hides the GPUs from tasks that reserve none)")
 
 
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:

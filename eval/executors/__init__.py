@@ -1,4 +1,5 @@
-"""Where benchmark units run: in this process (``local``) or as tasks on a Ray cluster (``ray``).
+"""Where benchmark units run: in this process (``local``), in worker processes on this machine
+(``processes``) or as tasks on a Ray cluster (``ray``).
 
 The driver plans units of work, hands them to an executor, and writes every finished cell the
 executor hands back to the results store itself, so the store has a single writer whatever runs
@@ -25,7 +26,7 @@ from eval.executors.local import LocalExecutor
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "WorkUnit", "FinishedCell", "UnitOutcome", "UnitFailure",
            "UnitWork", "CellSink", "UnitHook", "BatchHook", "create_executor"]
 
-EXECUTORS: tuple[str, ...] = ("local", "ray")
+EXECUTORS: tuple[str, ...] = ("local", "processes", "ray")
 
 
 def create_executor(name: str, **kwargs: Any) -> Executor:
@@ -37,6 +38,10 @@ def create_executor(name: str, **kwargs: Any) -> Executor:
     """
     if name == "local":
         return LocalExecutor(**kwargs)
+    if name == "processes":
+        from eval.executors.processes import ProcessExecutor
+
+        return ProcessExecutor(**kwargs)
     if name == "ray":
         from eval.executors.ray_executor import RayExecutor, import_ray
 

@@ -1,4 +1,4 @@
-"""Fixtures shared by the eval tests: a synthetic Fashion-MNIST folder and an untrained source checkpoint."""
+"""Fixtures shared by the eval tests: a synthetic Fashion-MNIST folder, an untrained source checkpoint, executor grids."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from eval.datasets.fashion_mnist import write_idx
+from eval.executors import LocalExecutor
+from eval.executors.faults import FAULT_DIR_ENV
 from eval.models import fmnist_resnet, save_checkpoint
+from eval.results import ResultsStore
+from tests.eval.grid import Rows, run_grid, stored_rows
 
 
 @pytest.fixture
@@ -33,3 +37,24 @@ def checkpoint(tmp_path: Path) -> Path:
     record = {"state_dict": model.state_dict(), "arch": "fmnist_resnet", "arch_kwargs": {"width": 4},
               "clean_test_accuracy": 0.0, "train_config": {}, "torch_version": torch.__version__}
     return save_checkpoint(tmp_path / "model.pt", record)
+
+
+@pytest.fixture
+def faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test-only fault folder (eval.executors.faults); worker processes started later inherit it."""
+    folder = tmp_path / "faults"
+    monkeypatch.setenv(FAULT_DIR_ENV, str(folder))
+    return folder
+
+
+@pytest.fixture
+def local_rows(fmnist_dir: Path, checkpoint: Path, tmp_path: Path) -> Rows:
+    """The executor grid (tests/eval/grid.py) run by the local executor with one thread, as each worker runs it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ResultsStore(tmp_path / "local.sqlite") as store:
+            run_grid(fmnist_dir, checkpoint, store, LocalExecutor())
+    finally:
+        torch.set_num_threads(threads)
+    return stored_rows(tmp_path / "local.sqlite")

@@ -20,7 +20,7 @@ from eval.cli import main
 from eval.commands.progress import BenchProgress
 from eval.domains import Domain
 from eval.executors import LocalExecutor, UnitOutcome, WorkUnit, create_executor
-from eval.executors.faults import FAULT_DIR_ENV, InjectedFault, arm_fault
+from eval.executors.faults import InjectedFault, arm_fault
 from eval.protocols import StreamItem
 from eval.results import ResultsStore
 from eval.runner import CellStats
@@ -43,13 +43,6 @@ def _rows(path: Path) -> dict[tuple[str, str], tuple[float, float, float | None,
     rows = {(r.key.method, str(r.key.domain)): (r.error, r.ece, r.nll, r.n) for r in records}
     assert len(rows) == len(records)  # one row per cell
     return rows
-
-
-@pytest.fixture
-def faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "faults"
-    monkeypatch.setenv(FAULT_DIR_ENV, str(folder))
-    return folder
 
 
 def test_plan_units_one_cell_per_unit_episodic_one_stream_per_method_otherwise(fmnist_dir, checkpoint) -> None:  # type: ignore[no-untyped-def]
@@ -154,7 +147,7 @@ def test_ray_flags_need_the_ray_executor(fmnist_dir, checkpoint, tmp_path, capsy
     args = ["bench", "--data-root", str(fmnist_dir), "--checkpoint", str(checkpoint), "--results",
             str(tmp_path / "r.sqlite"), "--gpus-per-cell", "1"]
     assert main(args) == 2
-    assert "--gpus-per-cell only apply to --executor ray" in capsys.readouterr().err
+    assert "--gpus-per-cell only applies to --executor ray, got --executor local" in capsys.readouterr().err
     assert main([*args, "--executor", "ray", "--device", "cuda", "--gpus-per-cell", "0"]) == 2
     assert "needs --gpus-per-cell > 0" in capsys.readouterr().err
 

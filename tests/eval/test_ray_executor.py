@@ -11,21 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
-from eval.bench import BenchSpec, IncompleteBench, run_bench
-from eval.domains import Domain
-from eval.executors import LocalExecutor, WorkUnit
+from eval.bench import IncompleteBench, run_bench
+from eval.executors import WorkUnit
 from eval.executors.faults import FAULT_DIR_ENV, arm_fault
 from eval.executors.ray_executor import RayExecutor
 from eval.results import ResultsStore
-from eval.suites import SuiteSpec
+from tests.eval.grid import CONTRAST, NOISE, Rows, episodic, grid_spec, run_grid, stored_rows
 
 ray = pytest.importorskip("ray")
 
-NOISE, CONTRAST = Domain("gaussian_noise", 5), Domain("contrast", 5)
 REPO = Path(__file__).resolve().parents[2]
-Rows = dict[tuple[str, str, str], tuple[float, float, float | None, int]]
 
 
 @pytest.fixture(scope="module")
@@ -41,39 +37,6 @@ def fault_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         del os.environ[FAULT_DIR_ENV]
 
 
-def _spec(fmnist_dir: Path, checkpoint: Path, protocol: str) -> BenchSpec:
-    return BenchSpec(methods=("source", "norm"), corruptions=("gaussian_noise", "contrast"), batch_size=16, limit=32,
-                     protocol=protocol, suite=SuiteSpec(data_root=fmnist_dir, checkpoint=checkpoint))
-
-
-def _run_grid(fmnist_dir: Path, checkpoint: Path, store: ResultsStore, executor: object,
-              protocols: tuple[str, ...] = ("episodic", "continual")) -> None:
-    for protocol in protocols:
-        run_bench(_spec(fmnist_dir, checkpoint, protocol), store, executor=executor)  # type: ignore[arg-type]
-
-
-def _rows(path: Path) -> Rows:
-    """Return every stored cell as ``(protocol, method, domain) -> (error, ece, nll, n)``."""
-    with ResultsStore(path) as store:
-        records = store.records()
-    rows = {(r.key.protocol, r.key.method, str(r.key.domain)): (r.error, r.ece, r.nll, r.n) for r in records}
-    assert len(rows) == len(records)
-    return rows
-
-
-@pytest.fixture
-def local_rows(fmnist_dir: Path, checkpoint: Path, tmp_path: Path) -> Rows:
-    """The grid run by the local executor with one thread, as each Ray task (1 CPU) runs it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ResultsStore(tmp_path / "local.sqlite") as store:
-            _run_grid(fmnist_dir, checkpoint, store, LocalExecutor())
-    finally:
-        torch.set_num_threads(threads)
-    return _rows(tmp_path / "local.sqlite")
-
-
 @pytest.mark.timeout(300)
 def test_ray_sweep_stores_the_same_cells_and_numbers_as_local(fault_dir, fmnist_dir, checkpoint, tmp_path,  # type: ignore[no-untyped-def]
                                                              local_rows) -> None:
@@ -81,27 +44,27 @@ def test_ray_sweep_stores_the_same_cells_and_numbers_as_local(fault_dir, fmnist_
     arm_fault(fault_dir, "norm", CONTRAST, "exit")
     arm_fault(fault_dir, "source", NOISE, "raise")
     with ResultsStore(tmp_path / "ray.sqlite") as store:
-        _run_grid(fmnist_dir, checkpoint, store, RayExecutor(cpus_per_unit=1, max_retries=1))
+        run_grid(fmnist_dir, checkpoint, store, RayExecutor(cpus_per_unit=1, max_retries=1))
     assert list(fault_dir.iterdir()) == []  # both faults fired
     assert len(local_rows) == 8 and all(n == 32 for *_, n in local_rows.values())
-    assert _rows(tmp_path / "ray.sqlite") == local_rows  # errors, ECE, NLL and counts exactly equal
+    assert stored_rows(tmp_path / "ray.sqlite") == local_rows  # errors, ECE, NLL and counts exactly equal
 
 
 @pytest.mark.timeout(300)
 def test_ray_failure_after_retries_is_reported_and_a_rerun_fills_only_the_gap(fault_dir, fmnist_dir, checkpoint,  # type: ignore[no-untyped-def]
                                                                              tmp_path, local_rows) -> None:
-    spec = _spec(fmnist_dir, checkpoint, "episodic")
+    spec = grid_spec(fmnist_dir, checkpoint)
     arm_fault(fault_dir, "norm", NOISE, "raise", times=2)
     with ResultsStore(tmp_path / "r.sqlite") as store, pytest.raises(IncompleteBench) as info:
         run_bench(spec, store, executor=RayExecutor(max_retries=1))
     (failure,) = info.value.failures
     assert failure.unit == WorkUnit("norm", (NOISE,)) and "InjectedFault" in failure.error
-    assert len(_rows(tmp_path / "r.sqlite")) == 3
+    assert len(stored_rows(tmp_path / "r.sqlite")) == 3
     reran: list[WorkUnit] = []
     with ResultsStore(tmp_path / "r.sqlite") as store:
         run_bench(spec, store, executor=RayExecutor(), on_unit=lambda outcome, _: reran.append(outcome.unit))
     assert reran == [WorkUnit("norm", (NOISE,))]
-    assert _rows(tmp_path / "r.sqlite") == {k: v for k, v in local_rows.items() if k[0] == "episodic"}
+    assert stored_rows(tmp_path / "r.sqlite") == episodic(local_rows)
 
 
 def _default_sigint() -> None:
@@ -123,9 +86,9 @@ def _stop_driver_mid_sweep_and_resume(fault_dir: Path, fmnist_dir: Path, checkpo
                               stdout=subprocess.DEVNULL, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and driver.poll() is None and len(_stored(tmp_path / "r.sqlite")) < 3:
+        while time.monotonic() < deadline and driver.poll() is None and len(stored_rows(tmp_path / "r.sqlite")) < 3:
             time.sleep(0.3)
-        assert len(_stored(tmp_path / "r.sqlite")) == 3, "the driver never stored the three other cells"
+        assert len(stored_rows(tmp_path / "r.sqlite")) == 3, "the driver never stored the three other cells"
         driver.send_signal(sig)
         code = driver.wait(timeout=60)
     finally:
@@ -133,9 +96,8 @@ def _stop_driver_mid_sweep_and_resume(fault_dir: Path, fmnist_dir: Path, checkpo
             driver.kill()
             driver.wait()
     with ResultsStore(tmp_path / "r.sqlite") as store:
-        run_bench(_spec(fmnist_dir, checkpoint, "episodic"), store, executor=RayExecutor())
-    episodic = {k: v for k, v in local_rows.items() if k[0] == "episodic"}
-    assert _rows(tmp_path / "r.sqlite") == episodic
+        run_bench(grid_spec(fmnist_dir, checkpoint), store, executor=RayExecutor())
+    assert stored_rows(tmp_path / "r.sqlite") == episodic(local_rows)
     return code
 
 
@@ -151,7 +113,3 @@ def test_interrupted_ray_driver_resumes_on_the_cluster(fault_dir, fmnist_dir, ch
     """Ctrl-C on a CLI driver joined to the cluster: the stalled task is cancelled, the driver exits 130."""
     code = _stop_driver_mid_sweep_and_resume(fault_dir, fmnist_dir, checkpoint, tmp_path, local_rows, signal.SIGINT)
     assert code == 130
-
-
-def _stored(path: Path) -> Rows:
-    return _rows(path) if path.exists() else {}

@@ -1,0 +1,186 @@
+"""Run units in a pool of worker processes on this machine; the driver alone writes what comes back.
+
+For a sweep on one multi-core machine without a Ray cluster: ``jobs`` worker processes, each with
+``threads_per_job`` torch threads, take units from a queue. Workers are started with ``spawn`` (a
+fork of a process that already runs torch's thread pools can deadlock) and keep the suite they
+opened, so data and weights are read once per worker, not once per unit. Like the Ray executor, a
+worker receives the small picklable unit work (a spec holding paths) and sends back only the
+finished cells.
+
+Failures: a unit that raises is submitted again, at most ``max_retries`` times. A worker that dies
+(killed, out of memory, a crash in native code) breaks the pool, and the pool is rebuilt. Each worker
+announces the units it starts, so the driver knows which were running: if one was, it crashed and
+is charged the attempt; if several were, none is charged and they run again one at a time, where a
+repeated crash names its unit. Units that had not started run again uncharged.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from typing import Any
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+import torch
+
+from eval.executors.base import BatchHook, CellSink, Executor, UnitFailure, UnitHook, UnitOutcome, UnitWork, WorkUnit
+
+__all__ = ["ProcessExecutor"]
+
+logger = logging.getLogger(__name__)
+
+
+_DRAIN_SECONDS = 0.5  # how often the driver reads the started-unit announcements while it waits
+_STARTED: Any = None  # in a worker: the queue on which it announces each unit it starts
+
+
+def _start_worker(threads: int, started: Any) -> None:
+    """Initializer of each worker process: its share of the cores for torch, and the queue of started units."""
+    global _STARTED
+    _STARTED = started
+    torch.set_num_threads(threads)
+
+
+def _run_unit(work: UnitWork, unit: WorkUnit, attempt: int) -> UnitOutcome:
+    """The body of one unit in a worker: announce it, run it and return its cells."""
+    if _STARTED is not None:
+        _STARTED.put((unit, attempt))  # a SimpleQueue writes at once: known to have started even if the worker dies
+    return work(unit)
+
+
+class ProcessExecutor(Executor):
+    """Fan units out to ``jobs`` local worker processes and hand their cells to the driver as each unit finishes.
+
+    Args:
+        jobs: Worker processes; default: the CPU cores this process may use.
+        threads_per_job: torch threads of each worker; default: the cores divided by ``jobs`` (at least 1).
+        max_retries: Times a unit that raised, or whose worker died, is run again before it is reported.
+
+    Raises:
+        ValueError: If ``jobs`` or ``threads_per_job`` is below 1, or ``max_retries`` is negative.
+    """
+
+    name = "processes"
+
+    def __init__(self, *, jobs: int | None = None, threads_per_job: int | None = None, max_retries: int = 0) -> None:
+        super().__init__(max_retries=max_retries)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.jobs = cores if jobs is None else jobs
+        self.threads_per_job = max(1, cores // max(1, self.jobs)) if threads_per_job is None else threads_per_job
+        if self.jobs < 1 or self.threads_per_job < 1:
+            raise ValueError(f"jobs and threads_per_job must be >= 1, got {self.jobs} and {self.threads_per_job}")
+
+    def run(self, work: UnitWork, units: Sequence[WorkUnit], *, on_cell: CellSink,
+            on_unit: UnitHook | None = None, on_batch: BatchHook | None = None) -> list[UnitFailure]:
+        """Run every unit in the pool, collecting results as they finish (see :meth:`Executor.run`).
+
+        ``on_batch`` is not called: batches run in the workers. On ``KeyboardInterrupt`` (or any error
+        of the driver's own hooks) the queued units are cancelled and the workers terminated before
+        it propagates; cells already handed on are complete.
+        """
+        attempts = dict.fromkeys(units, 0)
+        failures: list[UnitFailure] = []
+        todo, suspects = list(units), list[WorkUnit]()
+        while todo or suspects:
+            if suspects:  # one worker: a crash among them now names its unit
+                again, crashed = _PoolRun(self, work, attempts, failures, jobs=1).run(suspects, on_cell, on_unit)
+                suspects = crashed + again
+            else:
+                todo, suspects = _PoolRun(self, work, attempts, failures, jobs=self.jobs).run(todo, on_cell, on_unit)
+        return failures
+
+    def give_up(self, unit: WorkUnit, attempts: dict[WorkUnit, int], failures: list[UnitFailure], error: str) -> bool:
+        """Report ``unit`` as failed and return True when it has no attempt left; else log the retry."""
+        if attempts[unit] > self.max_retries:
+            logger.warning("%s failed after %d attempt(s): %s", unit, attempts[unit], error)
+            failures.append(UnitFailure(unit, attempts[unit], error))
+            return True
+        logger.warning("%s failed (attempt %d of %d), retrying: %s", unit, attempts[unit], self.max_retries + 1, error)
+        return False
+
+
+class _PoolRun:
+    """One pool of workers, run until every unit given is done or a worker dies."""
+
+    def __init__(self, executor: ProcessExecutor, work: UnitWork, attempts: dict[WorkUnit, int],
+                 failures: list[UnitFailure], *, jobs: int) -> None:
+        self.executor, self.work, self.attempts, self.failures = executor, work, attempts, failures
+        context = multiprocessing.get_context("spawn")
+        self.started = context.SimpleQueue()
+        self.started_attempts: set[tuple[WorkUnit, int]] = set()
+        self.pending: dict[Future[UnitOutcome], WorkUnit] = {}
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
+                                        initargs=(executor.threads_per_job, self.started))
+
+    def submit(self, unit: WorkUnit) -> None:
+        self.attempts[unit] += 1
+        self.pending[self.pool.submit(_run_unit, self.work, unit, self.attempts[unit])] = unit
+
+    def drain(self) -> None:
+        """Read the workers' announcements of started units (often enough that the pipe never fills)."""
+        while not self.started.empty():
+            self.started_attempts.add(self.started.get())
+
+    def run(self, units: list[WorkUnit], on_cell: CellSink,
+            on_unit: UnitHook | None) -> tuple[list[WorkUnit], list[WorkUnit]]:
+        """Run ``units``; after a worker died, return the units to run again and the suspects, else two ``[]``."""
+        try:
+            for unit in units:
+                self.submit(unit)
+            while self.pending:
+                done, _ = wait(self.pending, timeout=_DRAIN_SECONDS, return_when=FIRST_COMPLETED)
+                self.drain()
+                for future in done:
+                    unit = self.pending.pop(future)
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool:
+                        return self._after_break([unit, *self.pending.values()])
+                    except Exception as err:  # noqa: BLE001 - a unit's failure is retried, then reported
+                        if not self.executor.give_up(unit, self.attempts, self.failures, f"{type(err).__name__}: {err}"):
+                            self.submit(unit)
+                        continue
+                    for cell in outcome.finished_cells():
+                        on_cell(cell)
+                    if on_unit is not None:
+                        on_unit(outcome)
+            self.pool.shutdown(wait=True)
+            return [], []
+        except BaseException:
+            _stop(self.pool)
+            raise
+
+    def _after_break(self, unfinished: list[WorkUnit]) -> tuple[list[WorkUnit], list[WorkUnit]]:
+        """Sort the unfinished units after a worker died into (to run again, suspects to run one at a time).
+
+        A unit that had not started does not lose the attempt. When exactly one unit was running it
+        is the one that crashed: the attempt counts (and it is reported once out of attempts). When
+        several were running, none is charged: they become suspects, run again one worker at a time.
+        """
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.drain()
+        in_flight = [u for u in unfinished if (u, self.attempts[u]) in self.started_attempts]
+        if not in_flight:
+            raise RuntimeError("a worker process died before it started any unit (it could not start: see the "
+                               "messages above); nothing more can run in worker processes")
+        logger.warning("a worker process died while %d unit(s) ran: %s", len(in_flight), ", ".join(map(str, in_flight)))
+        queued = [u for u in unfinished if u not in in_flight]
+        for unit in queued if len(in_flight) == 1 else unfinished:
+            self.attempts[unit] -= 1  # not charged for this attempt
+        if len(in_flight) != 1:
+            return queued, in_flight
+        (crashed,) = in_flight
+        if self.executor.give_up(crashed, self.attempts, self.failures, "a worker process died"):
+            return queued, []
+        return queued, [crashed]
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued units and terminate the workers, so an interrupt does not wait for units in flight."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor keeps no public handle
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
