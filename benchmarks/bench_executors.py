@@ -3,7 +3,7 @@
 Each round runs the same grid into a fresh results store with every executor asked for, one after
 another: ``local`` (every unit in this process, one after another, with all torch threads),
 ``processes`` (``--jobs`` spawned worker processes with ``--threads-per-job`` torch threads each,
-started afresh for every sweep, as one ``tta bench`` run does) and ``ray`` (one task per unit on a Ray
+started by the first round and kept up for the next, as within one ``tta bench`` run) and ``ray`` (one task per unit on a Ray
 instance this script starts, ``--ray-cpus`` CPUs, ``--cpus-per-cell`` each; skipped when Ray is not
 installed). Rounds are interleaved and the best of each is kept; the first round of each executor is
 printed apart (workers importing torch), and so is the Ray start-up. The stores of all executors
@@ -88,6 +88,8 @@ def main() -> None:
                     raise RuntimeError(f"the executors disagree: {errors}")
                 print(f"round {round_ + 1}: " + ", ".join(line), flush=True)
     finally:
+        for executor in executors.values():
+            executor.close()
         if ray is not None:
             ray.shutdown()
     print_table(args, spec, best, first, local_cpu, ray, ray_start, load_before)

@@ -175,6 +175,14 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:  # --runtime onnx without the onnx extra
         raise CLIError(str(error)) from None
     executor = build_executor(args)
+    try:
+        return _run_with(args, spec, executor)
+    finally:
+        executor.close()
+
+
+def _run_with(args: argparse.Namespace, spec: BenchSpec, executor: Executor) -> int:
+    """Run the benchmark with ``executor``, store and print it (see :func:`run` for the exit statuses)."""
     progress = BenchProgress(progress_bar("bench", "batch"))
     status = 0
     with ResultsStore(args.results) as store:

@@ -124,3 +124,6 @@ class Executor(ABC):
             on_unit: Called when a unit has finished, after its cells went to ``on_cell``.
             on_batch: Called after every batch; only executors that run the work in this process call it.
         """
+
+    def close(self) -> None:  # noqa: B027 - a no-op default, not an abstract method
+        """Release what the executor keeps between runs (worker processes); a no-op by default."""

@@ -54,6 +54,9 @@ def _run_unit(work: UnitWork, unit: WorkUnit, attempt: int) -> UnitOutcome:
 class ProcessExecutor(Executor):
     """Fan units out to ``jobs`` local worker processes and hand their cells to the driver as each unit finishes.
 
+    The workers start on the first :meth:`run` and stay up for later runs (they keep the suites they
+    opened) until :meth:`close`, or until one dies; use the executor as a context manager to close it.
+
     Args:
         jobs: Worker processes; default: the CPU cores this process may use.
         threads_per_job: torch threads of each worker; default: the cores divided by ``jobs`` (at least 1).
@@ -72,6 +75,7 @@ class ProcessExecutor(Executor):
         self.threads_per_job = max(1, cores // max(1, self.jobs)) if threads_per_job is None else threads_per_job
         if self.jobs < 1 or self.threads_per_job < 1:
             raise ValueError(f"jobs and threads_per_job must be >= 1, got {self.jobs} and {self.threads_per_job}")
+        self._workers: _Workers | None = None
 
     def run(self, work: UnitWork, units: Sequence[WorkUnit], *, on_cell: CellSink,
             on_unit: UnitHook | None = None, on_batch: BatchHook | None = None) -> list[UnitFailure]:
@@ -86,11 +90,30 @@ class ProcessExecutor(Executor):
         todo, suspects = list(units), list[WorkUnit]()
         while todo or suspects:
             if suspects:  # one worker: a crash among them now names its unit
-                again, crashed = _PoolRun(self, work, attempts, failures, jobs=1).run(suspects, on_cell, on_unit)
+                with _Workers(1, self.threads_per_job) as alone:
+                    again, crashed = _PoolRun(self, alone, work, attempts, failures).run(suspects, on_cell, on_unit)
                 suspects = crashed + again
-            else:
-                todo, suspects = _PoolRun(self, work, attempts, failures, jobs=self.jobs).run(todo, on_cell, on_unit)
+                continue
+            if self._workers is None:
+                self._workers = _Workers(self.jobs, self.threads_per_job)
+            try:
+                todo, suspects = _PoolRun(self, self._workers, work, attempts, failures).run(todo, on_cell, on_unit)
+            finally:
+                if self._workers.broken:
+                    self._workers = None
         return failures
+
+    def close(self) -> None:
+        """Stop the worker processes (they finish nothing more); a later :meth:`run` starts new ones."""
+        if self._workers is not None:
+            self._workers.pool.shutdown(wait=True, cancel_futures=True)
+            self._workers = None
+
+    def __enter__(self) -> ProcessExecutor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def give_up(self, unit: WorkUnit, attempts: dict[WorkUnit, int], failures: list[UnitFailure], error: str) -> bool:
         """Report ``unit`` as failed and return True when it has no attempt left; else log the retry."""
@@ -102,27 +125,50 @@ class ProcessExecutor(Executor):
         return False
 
 
-class _PoolRun:
-    """One pool of workers, run until every unit given is done or a worker dies."""
+class _Workers:
+    """A spawned process pool and the queue on which its workers announce the units they start."""
 
-    def __init__(self, executor: ProcessExecutor, work: UnitWork, attempts: dict[WorkUnit, int],
-                 failures: list[UnitFailure], *, jobs: int) -> None:
-        self.executor, self.work, self.attempts, self.failures = executor, work, attempts, failures
+    def __init__(self, jobs: int, threads: int) -> None:
         context = multiprocessing.get_context("spawn")
         self.started = context.SimpleQueue()
         self.started_attempts: set[tuple[WorkUnit, int]] = set()
-        self.pending: dict[Future[UnitOutcome], WorkUnit] = {}
+        self.broken = False
         self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
-                                        initargs=(executor.threads_per_job, self.started))
+                                        initargs=(threads, self.started))
+
+    def drain(self) -> None:
+        """Read the announcements of started units (often enough that the pipe never fills)."""
+        while not self.started.empty():
+            self.started_attempts.add(self.started.get())
+
+    def stop(self) -> None:
+        """Cancel the queued units and terminate the workers, so an interrupt does not wait for units in flight."""
+        self.broken = True
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())  # no public handle
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _PoolRun:
+    """One run of units on a pool of workers, until every unit is done or a worker dies."""
+
+    def __init__(self, executor: ProcessExecutor, workers: _Workers, work: UnitWork, attempts: dict[WorkUnit, int],
+                 failures: list[UnitFailure]) -> None:
+        self.executor, self.workers, self.work, self.attempts, self.failures = executor, workers, work, attempts, failures
+        self.pending: dict[Future[UnitOutcome], WorkUnit] = {}
+        workers.drain()
+        workers.started_attempts.clear()  # announcements of earlier runs, whose units all finished
 
     def submit(self, unit: WorkUnit) -> None:
         self.attempts[unit] += 1
-        self.pending[self.pool.submit(_run_unit, self.work, unit, self.attempts[unit])] = unit
-
-    def drain(self) -> None:
-        """Read the workers' announcements of started units (often enough that the pipe never fills)."""
-        while not self.started.empty():
-            self.started_attempts.add(self.started.get())
+        self.pending[self.workers.pool.submit(_run_unit, self.work, unit, self.attempts[unit])] = unit
 
     def run(self, units: list[WorkUnit], on_cell: CellSink,
             on_unit: UnitHook | None) -> tuple[list[WorkUnit], list[WorkUnit]]:
@@ -132,7 +178,7 @@ class _PoolRun:
                 self.submit(unit)
             while self.pending:
                 done, _ = wait(self.pending, timeout=_DRAIN_SECONDS, return_when=FIRST_COMPLETED)
-                self.drain()
+                self.workers.drain()
                 for future in done:
                     unit = self.pending.pop(future)
                     try:
@@ -147,10 +193,9 @@ class _PoolRun:
                         on_cell(cell)
                     if on_unit is not None:
                         on_unit(outcome)
-            self.pool.shutdown(wait=True)
             return [], []
         except BaseException:
-            _stop(self.pool)
+            self.workers.stop()
             raise
 
     def _after_break(self, unfinished: list[WorkUnit]) -> tuple[list[WorkUnit], list[WorkUnit]]:
@@ -160,9 +205,10 @@ class _PoolRun:
         is the one that crashed: the attempt counts (and it is reported once out of attempts). When
         several were running, none is charged: they become suspects, run again one worker at a time.
         """
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.drain()
-        in_flight = [u for u in unfinished if (u, self.attempts[u]) in self.started_attempts]
+        self.workers.broken = True
+        self.workers.pool.shutdown(wait=True, cancel_futures=True)
+        self.workers.drain()
+        in_flight = [u for u in unfinished if (u, self.attempts[u]) in self.workers.started_attempts]
         if not in_flight:
             raise RuntimeError("a worker process died before it started any unit (it could not start: see the "
                                "messages above); nothing more can run in worker processes")
@@ -176,11 +222,3 @@ class _PoolRun:
         if self.executor.give_up(crashed, self.attempts, self.failures, "a worker process died"):
             return queued, []
         return queued, [crashed]
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Cancel the queued units and terminate the workers, so an interrupt does not wait for units in flight."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor keeps no public handle
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.terminate()

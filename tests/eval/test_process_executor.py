@@ -68,6 +68,17 @@ def test_process_failure_after_retries_is_reported_and_a_rerun_fills_only_the_ga
     assert stored_rows(tmp_path / "r.sqlite") == episodic(local_rows)
 
 
+@pytest.mark.timeout(300)
+def test_process_workers_stay_up_between_runs_until_closed(fmnist_dir, checkpoint, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with ProcessExecutor(jobs=2, threads_per_job=1) as executor, ResultsStore(tmp_path / "r.sqlite") as store:
+        run_bench(grid_spec(fmnist_dir, checkpoint), store, executor=executor)
+        workers = sorted(executor._workers.pool._processes)  # type: ignore[union-attr]
+        run_bench(grid_spec(fmnist_dir, checkpoint, "continual"), store, executor=executor)
+        assert sorted(executor._workers.pool._processes) == workers  # type: ignore[union-attr]
+    assert executor._workers is None and len(stored_rows(tmp_path / "r.sqlite")) == 8
+    assert [pid for pid in workers if Path(f"/proc/{pid}").exists() and not _zombie(pid)] == []
+
+
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
