@@ -31,6 +31,7 @@ class ResetEachDomain:
     """
 
     name: str = "episodic"
+    carries_state: bool = False
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield every batch of every domain, ``reset=True`` on the first batch of each domain.
@@ -58,6 +59,7 @@ class Continual:
     """
 
     name: str = "continual"
+    carries_state: bool = True
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield every batch of every domain, ``reset=True`` only on the very first batch.
@@ -87,6 +89,7 @@ class Gradual:
     """
 
     name: str = "gradual"
+    carries_state: bool = True
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield the batches corruption by corruption, severities up then down, ``reset`` only first."""
@@ -126,6 +129,7 @@ class MixedDomains(_Shuffled):
     """
 
     name: str = "mixed"
+    carries_state: bool = True
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield all batches of all domains shuffled together (domains are read fully first)."""
@@ -149,6 +153,7 @@ class MixedSamples(_Shuffled):
     """
 
     name: str = "mixed-samples"
+    carries_state: bool = True
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield batches of the first domain's batch size drawn from the shuffled pool of all samples."""

@@ -105,6 +105,11 @@ class ClassSorted:
     def __init__(self, *, reset_each_domain: bool = True) -> None:
         self.reset_each_domain = reset_each_domain
 
+    @property
+    def carries_state(self) -> bool:
+        """Whether the adapter's state flows from one domain into the next: only without a reset per domain."""
+        return not self.reset_each_domain
+
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield every sample of every domain, sorted by label within each domain."""
         return _label_shift_stream(loaders, class_sorted_order, self.reset_each_domain)
@@ -128,6 +133,11 @@ class DirichletLabelShift:
         if concentration <= 0:
             raise ValueError(f"concentration must be > 0, got {concentration}")
         self.concentration, self.seed, self.reset_each_domain = concentration, seed, reset_each_domain
+
+    @property
+    def carries_state(self) -> bool:
+        """Whether the adapter's state flows from one domain into the next: only without a reset per domain."""
+        return not self.reset_each_domain
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield every sample of every domain in a Dirichlet label-clustered order."""

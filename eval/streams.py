@@ -51,6 +51,11 @@ class Protocol(_TypingProtocol):
 
     name: str
 
+    @property
+    def carries_state(self) -> bool:
+        """Whether the adapter's state flows from one domain into the next (no reset between domains)."""
+        ...
+
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield the batches of ``loaders`` as stream items."""
         ...

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from eval.bench import BenchSpec, IncompleteBench, run_bench
+from eval.stream_checkpoints import states_folder
 from eval.commands.errors import CLIError
 from eval.commands.options import parse_options, split_csv
 from eval.commands.progress import BenchProgress, progress_bar
@@ -189,7 +190,8 @@ def _run_with(args: argparse.Namespace, spec: BenchSpec, executor: Executor) -> 
         try:
             results = run_bench(spec, store, executor=executor,
                                 on_start=lambda total, stored: progress.start(total, stored, where=str(args.results)),
-                                on_batch=progress.batch, on_unit=progress.unit)
+                                on_batch=progress.batch, on_unit=progress.unit,
+                                stream_states=states_folder(args.results))
         except KeyboardInterrupt:
             progress.close()
             print(f"interrupted: finished cells are saved in {args.results}; rerun the same command to resume",

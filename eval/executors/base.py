@@ -26,14 +26,25 @@ __all__ = ["WorkUnit", "FinishedCell", "UnitOutcome", "UnitFailure", "UnitWork",
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """One method run from a fresh adapter over ``domains``, in the protocol's order."""
+    """One method run from a fresh adapter over ``domains``, in the protocol's order.
+
+    Args:
+        method: The method's registered name.
+        domains: The unit's domains, in stream order.
+        start: Index of the first domain to run: a stream resumed after an interruption skips the
+            domains already stored (their adapter state is loaded from ``checkpoints[start - 1]``).
+        checkpoints: Where to save the adapter's state after each domain but the last (empty: no saving).
+    """
 
     method: str
     domains: tuple[Domain, ...]
+    start: int = 0
+    checkpoints: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         shown = ", ".join(str(d) for d in self.domains[:3]) + (", ..." if len(self.domains) > 3 else "")
-        return f"{self.method} on {shown}"
+        resumed = f" (resumed at {self.domains[self.start]})" if self.start else ""
+        return f"{self.method} on {shown}{resumed}"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ first unit that starts with that cell deletes one marker, which only one process
   the unit runs in the driver's process);
 - ``stall``: sleeps for an hour, so a test can kill the process while the unit is in flight.
 
+Armed with ``on_entry=True``, the fault fires instead when a running stream reaches that domain (its
+earlier domains are finished), through :func:`maybe_fail_on_entry`.
+
 Without the environment variable this costs one ``os.environ`` lookup per unit.
 """
 
@@ -21,7 +24,7 @@ from typing import Literal
 
 from eval.domains import Domain
 
-__all__ = ["FAULT_DIR_ENV", "InjectedFault", "arm_fault", "maybe_fail"]
+__all__ = ["FAULT_DIR_ENV", "InjectedFault", "arm_fault", "maybe_fail", "maybe_fail_on_entry"]
 
 FAULT_DIR_ENV = "TTA_TEST_FAULT_DIR"
 FaultMode = Literal["raise", "exit", "stall"]
@@ -33,7 +36,7 @@ class InjectedFault(RuntimeError):
 
 
 def arm_fault(folder: str | os.PathLike[str], method: str, domain: Domain, mode: FaultMode = "raise", *,
-              times: int = 1) -> list[Path]:
+              times: int = 1, on_entry: bool = False) -> list[Path]:
     """Make the units of ``method`` holding ``domain`` fail ``times`` times; return the marker files.
 
     Raises:
@@ -42,19 +45,20 @@ def arm_fault(folder: str | os.PathLike[str], method: str, domain: Domain, mode:
     if mode not in _MODES or times < 1:
         raise ValueError(f"mode must be one of {list(_MODES)} and times >= 1, got {mode!r} and {times}")
     Path(folder).mkdir(parents=True, exist_ok=True)
-    markers = [Path(folder) / f"{method}@{domain}.{mode}.{i}" for i in range(times)]
+    when = "entry" if on_entry else "start"
+    markers = [Path(folder) / f"{method}@{domain}.{when}.{mode}.{i}" for i in range(times)]
     for marker in markers:
         marker.touch()
     return markers
 
 
-def maybe_fail(method: str, domains: tuple[Domain, ...]) -> None:
-    """Fail as armed when a fault is pending for one of ``domains`` of ``method``; else return."""
+def maybe_fail(method: str, domains: tuple[Domain, ...], *, when: str = "start") -> None:
+    """Fail as armed when a fault is pending for one of ``domains`` of ``method`` at a unit's start; else return."""
     folder = os.environ.get(FAULT_DIR_ENV)
     if not folder:
         return
     for domain in domains:
-        for marker in sorted(Path(folder).glob(f"{method}@{domain}.*")):
+        for marker in sorted(Path(folder).glob(f"{method}@{domain}.{when}.*")):
             try:
                 marker.unlink()  # atomic: exactly one process claims each marker
             except FileNotFoundError:
@@ -65,3 +69,8 @@ def maybe_fail(method: str, domains: tuple[Domain, ...]) -> None:
             if mode == "stall":
                 time.sleep(3600)
             raise InjectedFault(f"injected fault ({marker.name}) in the unit of {method} on {domain}")
+
+
+def maybe_fail_on_entry(method: str, domain: Domain) -> None:
+    """Fail as armed (``on_entry=True``) when a stream of ``method`` reaches ``domain``; else return."""
+    maybe_fail(method, (domain,), when="entry")

@@ -5,7 +5,8 @@ For a sweep on one multi-core machine without a Ray cluster: ``jobs`` worker pro
 fork of a process that already runs torch's thread pools can deadlock) and keep the suite they
 opened, so data and weights are read once per worker, not once per unit. Like the Ray executor, a
 worker receives the small picklable unit work (a spec holding paths) and sends back only the
-finished cells.
+finished cells, each as soon as it is final (a stream's domains one by one, through the same queue
+on which workers announce the units they start), so the driver stores them at once.
 
 Failures: a unit that raises is submitted again, at most ``max_retries`` times. A worker that dies
 (killed, out of memory, a crash in native code) breaks the pool, and the pool is rebuilt. Each worker
@@ -26,29 +27,41 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
-from eval.executors.base import BatchHook, CellSink, Executor, UnitFailure, UnitHook, UnitOutcome, UnitWork, WorkUnit
+from eval.domains import Domain
+from eval.executors.base import (
+    BatchHook,
+    CellSink,
+    Executor,
+    FinishedCell,
+    UnitFailure,
+    UnitHook,
+    UnitOutcome,
+    UnitWork,
+    WorkUnit,
+)
 
 __all__ = ["ProcessExecutor"]
 
 logger = logging.getLogger(__name__)
 
 
-_DRAIN_SECONDS = 0.5  # how often the driver reads the started-unit announcements while it waits
-_STARTED: Any = None  # in a worker: the queue on which it announces each unit it starts
+_DRAIN_SECONDS = 0.5  # how often the driver reads the workers' events while it waits
+_EVENTS: Any = None  # in a worker: the queue of its events (units started, cells finished)
 
 
-def _start_worker(threads: int, started: Any) -> None:
-    """Initializer of each worker process: its share of the cores for torch, and the queue of started units."""
-    global _STARTED
-    _STARTED = started
+def _start_worker(threads: int, events: Any) -> None:
+    """Initializer of each worker process: its share of the cores for torch, and the queue of its events."""
+    global _EVENTS
+    _EVENTS = events
     torch.set_num_threads(threads)
 
 
 def _run_unit(work: UnitWork, unit: WorkUnit, attempt: int) -> UnitOutcome:
     """The body of one unit in a worker: announce it, run it and return its cells."""
-    if _STARTED is not None:
-        _STARTED.put((unit, attempt))  # a SimpleQueue writes at once: known to have started even if the worker dies
-    return work(unit)
+    if _EVENTS is None:
+        return work(unit)
+    _EVENTS.put(("started", (unit, attempt)))  # a SimpleQueue writes at once: known even if the worker dies
+    return work(unit, on_cell=lambda cell: _EVENTS.put(("cell", cell)))
 
 
 class ProcessExecutor(Executor):
@@ -130,16 +143,21 @@ class _Workers:
 
     def __init__(self, jobs: int, threads: int) -> None:
         context = multiprocessing.get_context("spawn")
-        self.started = context.SimpleQueue()
+        self.events = context.SimpleQueue()
         self.started_attempts: set[tuple[WorkUnit, int]] = set()
+        self.cells: list[FinishedCell] = []  # finished cells read from the queue, not handed on yet
         self.broken = False
         self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
-                                        initargs=(threads, self.started))
+                                        initargs=(threads, self.events))
 
     def drain(self) -> None:
-        """Read the announcements of started units (often enough that the pipe never fills)."""
-        while not self.started.empty():
-            self.started_attempts.add(self.started.get())
+        """Read the workers' events: units started, cells finished (often enough that the pipe never fills)."""
+        while not self.events.empty():
+            kind, value = self.events.get()
+            if kind == "started":
+                self.started_attempts.add(value)
+            else:
+                self.cells.append(value)
 
     def stop(self) -> None:
         """Cancel the queued units and terminate the workers, so an interrupt does not wait for units in flight."""
@@ -163,8 +181,11 @@ class _PoolRun:
                  failures: list[UnitFailure]) -> None:
         self.executor, self.workers, self.work, self.attempts, self.failures = executor, workers, work, attempts, failures
         self.pending: dict[Future[UnitOutcome], WorkUnit] = {}
+        self.delivered: set[tuple[WorkUnit, Domain]] = set()
+        self.on_cell: CellSink = lambda cell: None
         workers.drain()
         workers.started_attempts.clear()  # announcements of earlier runs, whose units all finished
+        workers.cells.clear()
 
     def submit(self, unit: WorkUnit) -> None:
         self.attempts[unit] += 1
@@ -172,13 +193,18 @@ class _PoolRun:
 
     def run(self, units: list[WorkUnit], on_cell: CellSink,
             on_unit: UnitHook | None) -> tuple[list[WorkUnit], list[WorkUnit]]:
-        """Run ``units``; after a worker died, return the units to run again and the suspects, else two ``[]``."""
+        """Run ``units``; after a worker died, return the units to run again and the suspects, else two ``[]``.
+
+        Cells reach ``on_cell`` as the workers finish them (a stream's domains one by one, as in the
+        driver's own process), and any the unit's result holds besides when the unit ends.
+        """
+        self.on_cell = on_cell
         try:
             for unit in units:
                 self.submit(unit)
             while self.pending:
                 done, _ = wait(self.pending, timeout=_DRAIN_SECONDS, return_when=FIRST_COMPLETED)
-                self.workers.drain()
+                self.hand_on_cells()
                 for future in done:
                     unit = self.pending.pop(future)
                     try:
@@ -190,13 +216,23 @@ class _PoolRun:
                             self.submit(unit)
                         continue
                     for cell in outcome.finished_cells():
-                        on_cell(cell)
+                        if (cell.unit, cell.domain) not in self.delivered:
+                            on_cell(cell)
                     if on_unit is not None:
                         on_unit(outcome)
             return [], []
         except BaseException:
             self.workers.stop()
+            self.hand_on_cells()  # cells finished before the interrupt are complete: keep them
             raise
+
+    def hand_on_cells(self) -> None:
+        """Read the workers' events and hand on the cells finished since the last call."""
+        self.workers.drain()
+        cells, self.workers.cells = self.workers.cells, []
+        for cell in cells:
+            self.delivered.add((cell.unit, cell.domain))
+            self.on_cell(cell)
 
     def _after_break(self, unfinished: list[WorkUnit]) -> tuple[list[WorkUnit], list[WorkUnit]]:
         """Sort the unfinished units after a worker died into (to run again, suspects to run one at a time).
@@ -207,7 +243,7 @@ class _PoolRun:
         """
         self.workers.broken = True
         self.workers.pool.shutdown(wait=True, cancel_futures=True)
-        self.workers.drain()
+        self.hand_on_cells()  # a crashed stream's finished domains are complete cells
         in_flight = [u for u in unfinished if (u, self.attempts[u]) in self.workers.started_attempts]
         if not in_flight:
             raise RuntimeError("a worker process died before it started any unit (it could not start: see the "
