@@ -60,6 +60,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, or auto")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
                    help="onnx: export each method (source frozen, norm adaptive) and score it in onnxruntime")
+    _add_executor_arguments(p)
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
+                   help="SQLite results store; finished cells are kept and skipped on rerun")
+    p.add_argument("--out", type=Path, default=None, help="also write the table's records (.json, .csv or .md)")
+
+
+
+def _add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the flags that choose where the grid's units run (see :func:`build_executor`)."""
     p.add_argument("--executor", default="local", choices=list(EXECUTORS),
                    help="where cells run: local (this process), processes (--jobs worker processes on this machine) "
                         "or ray (one Ray task per unit; pip install '.[ray]'); either way this process alone writes "
@@ -76,9 +85,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ray: GPUs each task reserves, fractions share a GPU (default 0; needed for --device cuda)")
     p.add_argument("--max-retries", type=int, default=None,
                    help="times a failing unit is run again before it is reported (default: 0 local, 1 processes, 2 ray)")
-    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
-                   help="SQLite results store; finished cells are kept and skipped on rerun")
-    p.add_argument("--out", type=Path, default=None, help="also write the table's records (.json, .csv or .md)")
 
 
 def _corruption_list(text: str) -> list[str]:
