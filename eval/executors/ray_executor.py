@@ -3,7 +3,8 @@
 Each unit is one Ray task with the resources it asks for (``num_cpus``, ``num_gpus``). The task
 receives the small, picklable unit work (a benchmark spec holding *paths*) and re-opens the data and
 the model from those paths on its node, so no dataset or weight tensor goes through the object store;
-only the finished cells (a few numbers per domain) come back. Ray retries a task whose worker died or
+only the finished cells (a few numbers per domain) come back, each as soon as it is final, through a
+queue actor (a stream's domains one by one), so the driver stores them at once. Ray retries a task whose worker died or
 which raised, at most ``max_retries`` times; a task that still fails is reported and the rest of the
 grid goes on.
 
@@ -17,11 +18,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from eval.domains import Domain
 from eval.executors.base import BatchHook, CellSink, Executor, UnitFailure, UnitHook, UnitOutcome, UnitWork, WorkUnit
 
 __all__ = ["RayExecutor", "import_ray"]
 
 logger = logging.getLogger(__name__)
+
+_POLL_SECONDS = 0.5  # how often the driver reads the finished cells while tasks run
 
 INSTALL_HINT = "pip install 'tta-plugin[ray]' (or pip install '.[ray]' in a checkout of this project)"
 
@@ -34,14 +38,15 @@ def import_ray() -> Any:
     """
     try:
         import ray
+        import ray.util.queue  # noqa: F401 - the queue the tasks hand their cells on through
     except ImportError:
         raise ImportError(f"the ray executor needs Ray, which is not installed: {INSTALL_HINT}") from None
     return ray
 
 
-def _run_unit_task(work: UnitWork, unit: WorkUnit) -> UnitOutcome:
-    """The body of one Ray task: run the unit on this node and return its cells."""
-    return work(unit)
+def _run_unit_task(work: UnitWork, unit: WorkUnit, cells: Any) -> UnitOutcome:
+    """The body of one Ray task: run the unit on this node, pass each cell on as it is final, return them all."""
+    return work(unit, on_cell=cells.put)
 
 
 class RayExecutor(Executor):
@@ -99,27 +104,53 @@ class RayExecutor(Executor):
             max_retries=self.max_retries, retry_exceptions=True,
         )
         work_ref = ray.put(work)  # a spec with paths: a few hundred bytes, shipped once
-        pending = {task.remote(work_ref, unit): unit for unit in units}
+        # Cells reach the driver as they are final (a stream's domains one by one) through a queue actor.
+        cells = _CellQueue(ray.util.queue.Queue(actor_options={"num_cpus": 0}), on_cell)
+        pending = {task.remote(work_ref, unit, cells.queue): unit for unit in units}
         failures: list[UnitFailure] = []
         try:
             while pending:
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
-                unit = pending.pop(ref)
-                try:
-                    outcome: UnitOutcome = ray.get(ref)
-                except ray.exceptions.RayError as err:
-                    failures.append(UnitFailure(unit, self.max_retries + 1, _describe(err)))
-                    logger.warning("%s failed after %d attempt(s): %s", unit, self.max_retries + 1, err)
-                    continue
-                for cell in outcome.finished_cells():
-                    on_cell(cell)
-                if on_unit is not None:
-                    on_unit(outcome)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_SECONDS)
+                cells.hand_on()
+                for ref in ready:
+                    unit = pending.pop(ref)
+                    try:
+                        outcome: UnitOutcome = ray.get(ref)
+                    except ray.exceptions.RayError as err:
+                        failures.append(UnitFailure(unit, self.max_retries + 1, _describe(err)))
+                        logger.warning("%s failed after %d attempt(s): %s", unit, self.max_retries + 1, err)
+                        continue
+                    cells.hand_on(outcome)
+                    if on_unit is not None:
+                        on_unit(outcome)
         except BaseException:  # Ctrl-C, or the driver failed to store a cell: stop the work in flight
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
+        finally:
+            cells.close(ray)
         return failures
+
+
+class _CellQueue:
+    """The driver's end of the queue on which tasks put their cells: hands each cell on once."""
+
+    def __init__(self, queue: Any, on_cell: CellSink) -> None:
+        self.queue, self.on_cell = queue, on_cell
+        self.delivered: set[tuple[WorkUnit, Domain]] = set()
+
+    def hand_on(self, outcome: UnitOutcome | None = None) -> None:
+        """Hand on the cells in the queue, then those of ``outcome`` not handed on yet."""
+        finished = list(self.queue.get_nowait_batch(self.queue.qsize()))
+        finished += outcome.finished_cells() if outcome is not None else []
+        for cell in finished:
+            if (cell.unit, cell.domain) not in self.delivered:
+                self.delivered.add((cell.unit, cell.domain))
+                self.on_cell(cell)
+
+    def close(self, ray: Any) -> None:
+        """Stop the queue's actor."""
+        ray.kill(self.queue.actor)
 
 
 def _describe(err: BaseException) -> str:

@@ -8,15 +8,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from eval.bench import IncompleteBench, run_bench
-from eval.executors import WorkUnit
+from eval.domains import Domain
+from eval.executors import LocalExecutor, WorkUnit
 from eval.executors.faults import FAULT_DIR_ENV, arm_fault
 from eval.executors.ray_executor import RayExecutor
 from eval.results import ResultsStore
+from eval.stream_checkpoints import states_folder
 from tests.eval.grid import CONTRAST, NOISE, Rows, episodic, grid_spec, run_grid, stored_rows
 
 ray = pytest.importorskip("ray")
@@ -65,6 +69,31 @@ def test_ray_failure_after_retries_is_reported_and_a_rerun_fills_only_the_gap(fa
         run_bench(spec, store, executor=RayExecutor(), on_unit=lambda outcome, _: reran.append(outcome.unit))
     assert reran == [WorkUnit("norm", (NOISE,))]
     assert stored_rows(tmp_path / "r.sqlite") == episodic(local_rows)
+
+
+@pytest.mark.timeout(300)
+def test_ray_stream_whose_worker_died_keeps_its_finished_domains_and_resumes(fault_dir, fmnist_dir, checkpoint,  # type: ignore[no-untyped-def]
+                                                                            tmp_path) -> None:
+    spec = replace(grid_spec(fmnist_dir, checkpoint, "continual"), methods=("tent",),
+                   corruptions=("gaussian_noise", "contrast", "fog"))
+    whole, path = tmp_path / "whole.sqlite", tmp_path / "r.sqlite"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray task (1 CPU) runs it
+    try:
+        with ResultsStore(whole) as store:
+            run_bench(spec, store, executor=LocalExecutor())
+    finally:
+        torch.set_num_threads(threads)
+    arm_fault(fault_dir, "tent", Domain("fog", 5), "exit", on_entry=True)  # dies once noise and contrast are done
+    with ResultsStore(path) as store, pytest.raises(IncompleteBench):
+        run_bench(spec, store, executor=RayExecutor(max_retries=0), stream_states=states_folder(path))
+    assert len(stored_rows(path)) == 2  # the finished domains came back through the queue before the crash
+    resumed: list[WorkUnit] = []
+    with ResultsStore(path) as store:
+        run_bench(spec, store, executor=RayExecutor(), stream_states=states_folder(path),
+                  on_unit=lambda outcome, _: resumed.append(outcome.unit))
+    assert [unit.start for unit in resumed] == [2]  # only fog ran, from the state saved after contrast
+    assert stored_rows(path) == stored_rows(whole)  # errors, ECE, NLL and counts exactly equal
 
 
 def _default_sigint() -> None:
