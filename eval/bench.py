@@ -70,6 +70,7 @@ def run_bench(
     on_batch: BatchHook | None = None,
     on_unit: Callable[[UnitOutcome, int], None] | None = None,
     stream_states: Path | None = None,
+    on_cell: Callable[[FinishedCell, int], None] | None = None,
 ) -> Results:
     """Run every unit whose cells are not all stored yet; return the records of the whole spec.
 
@@ -84,6 +85,7 @@ def run_bench(
         on_start: Called once with ``(batches to run, cells already stored)`` (progress bars).
         on_batch: Called after every batch, by executors that run units in this process.
         on_unit: Called with ``(outcome, batches of the unit)`` when a unit has finished and its cells are stored.
+        on_cell: Called with ``(cell, batches of its domain)`` as soon as a cell is stored.
         stream_states: Folder for the adapter states saved at the domain boundaries of streams (see
             :mod:`eval.stream_checkpoints`), so that a stream interrupted after some domains resumes
             there; ``None`` recomputes an unfinished stream from its start. The CLI uses
@@ -114,6 +116,8 @@ def run_bench(
         if cell.device not in metadata:
             metadata[cell.device] = run_metadata(replace(spec, device=cell.device))
         store.put(Record.from_stats(keys[cell.unit][cell.domain], cell.stats, metadata[cell.device]))
+        if on_cell is not None:
+            on_cell(cell, batches[cell.domain])
 
     def unit_done(outcome: UnitOutcome) -> None:
         discard(outcome.unit)  # the whole stream is stored: its states are no longer needed

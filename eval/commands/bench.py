@@ -196,7 +196,7 @@ def _run_with(args: argparse.Namespace, spec: BenchSpec, executor: Executor) -> 
         try:
             results = run_bench(spec, store, executor=executor,
                                 on_start=lambda total, stored: progress.start(total, stored, where=str(args.results)),
-                                on_batch=progress.batch, on_unit=progress.unit,
+                                on_batch=progress.batch, on_unit=progress.unit, on_cell=progress.cell,
                                 stream_states=states_folder(args.results))
         except KeyboardInterrupt:
             progress.close()

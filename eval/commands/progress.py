@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from eval.domains import Domain
-from eval.executors import UnitOutcome
+from eval.executors import FinishedCell, UnitOutcome, WorkUnit
 from eval.protocols import StreamItem
 
 __all__ = ["progress_bar", "BenchProgress"]
@@ -28,8 +28,8 @@ class BenchProgress:
     """The ``tta bench`` bar: batches done, with the domain, the batch within it, the running error
     of the current cell and images per second.
 
-    Batches run in this process advance the bar one by one; a unit that ran elsewhere (a Ray task)
-    advances it by its batches when it finishes and shows its last cell. The running error is kept
+    Batches run in this process advance the bar one by one; a unit that runs elsewhere (a worker
+    process, a Ray task) advances it by each cell's batches as the cell is stored, and shows that cell. The running error is kept
     as a tensor on the logits' device and read back only when the postfix is redrawn (at most twice per
     ``bar.mininterval``), so the bar adds no per-batch device synchronisation. A cell's rate is shown
     from its second batch on (``–`` before).
@@ -50,6 +50,8 @@ class BenchProgress:
         self._first_images = 0
         self._drawn = float("-inf")
         self._unit_batches = 0
+        self._local = False  # batches run in this process (then cells need no accounting)
+        self._remote: dict[WorkUnit, int] = {}  # batches of the cells of units that run elsewhere
 
     def start(self, total: int, stored: int, *, where: str = "") -> None:
         """Set the number of batches to run; say how many cells a resumed run skips."""
@@ -61,6 +63,7 @@ class BenchProgress:
     def batch(self, item: StreamItem, logits: torch.Tensor) -> None:
         """Count one batch of ``item.domain`` scored with ``logits``."""
         now = self.clock()
+        self._local = True
         if item.domain != self._domain:
             self._domain, self._batches, self._images, self._wrong = item.domain, 0, 0, 0
             self._cell_start, self._first_images = now, int(item.y.shape[0])
@@ -77,9 +80,19 @@ class BenchProgress:
             self._postfix(str(item.domain), f"{self._batches}", error, rate)
         self.bar.update(1)
 
+    def cell(self, cell: FinishedCell, batches: int) -> None:
+        """Account for a stored cell of ``batches`` batches; one that ran elsewhere advances the bar now."""
+        if self._local:  # its batches were counted one by one
+            return
+        self._remote[cell.unit] = self._remote.get(cell.unit, 0) + batches
+        self.bar.update(batches)
+        rate = cell.stats.n / cell.stats.seconds if cell.stats.seconds > 0 else float("nan")
+        self._postfix(f"{cell.unit.method}/{cell.domain}", "done", cell.stats.error, rate)
+        self.bar.refresh()
+
     def unit(self, outcome: UnitOutcome, batches: int) -> None:
-        """Account for a finished unit of ``batches`` batches (those not already counted one by one)."""
-        self.bar.update(max(0, batches - self._unit_batches))
+        """Account for a finished unit of ``batches`` batches (those not already counted by batch or cell)."""
+        self.bar.update(max(0, batches - self._unit_batches - self._remote.pop(outcome.unit, 0)))
         self._unit_batches = 0
         if not outcome.cells:
             return

@@ -19,7 +19,7 @@ from eval.bench import BenchSpec, BenchWork, IncompleteBench, plan_units, run_be
 from eval.cli import main
 from eval.commands.progress import BenchProgress
 from eval.domains import Domain
-from eval.executors import LocalExecutor, UnitOutcome, WorkUnit, create_executor
+from eval.executors import FinishedCell, LocalExecutor, UnitOutcome, WorkUnit, create_executor
 from eval.executors.faults import InjectedFault, arm_fault
 from eval.protocols import StreamItem
 from eval.results import ResultsStore
@@ -192,6 +192,23 @@ def test_progress_shows_domain_batch_running_error_and_rate() -> None:
     assert bar.n == 3 and bar.postfix.startswith("domain=gaussian_noise-5 batch=3")
     progress.unit(UnitOutcome(WorkUnit("norm", (CONTRAST,)), {CONTRAST: stats}, "cpu"), 1)  # ran elsewhere
     assert bar.n == 4 and bar.postfix == "domain=norm/contrast-5 batch=done err=25.0% 200 img/s"
+    progress.close()
+
+
+def test_progress_of_units_run_elsewhere_moves_with_each_stored_cell() -> None:
+    bar = tqdm(total=0, file=io.StringIO(), mininterval=0)
+    progress = BenchProgress(bar)
+    progress.start(10, 0)
+    a, b = WorkUnit("norm", (NOISE, CONTRAST)), WorkUnit("tent", (NOISE, CONTRAST))
+    stats = CellStats(error=0.5, ece=0.0, n=40, seconds=2.0)
+    progress.cell(FinishedCell(a, NOISE, stats, "cpu"), 3)  # two streams in two workers, interleaved
+    progress.cell(FinishedCell(b, NOISE, stats, "cpu"), 3)
+    assert bar.n == 6 and bar.postfix == "domain=tent/gaussian_noise-5 batch=done err=50.0% 20 img/s"
+    progress.cell(FinishedCell(a, CONTRAST, stats, "cpu"), 2)
+    progress.unit(UnitOutcome(a, {NOISE: stats, CONTRAST: stats}, "cpu"), 5)  # all its batches already counted
+    assert bar.n == 8
+    progress.unit(UnitOutcome(b, {NOISE: stats, CONTRAST: stats}, "cpu"), 5)  # its last cell came with the unit
+    assert bar.n == 10
     progress.close()
 
 
