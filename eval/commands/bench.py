@@ -63,6 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_executor_arguments(p)
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                    help="SQLite results store; finished cells are kept and skipped on rerun")
+    p.add_argument("--stream-states", action=argparse.BooleanOptionalAction, default=True,
+                   help="continual-like streams: save the adapter's state after each domain in <results>.streams/ "
+                        "so an interrupted stream resumes at its first missing domain (one file per running "
+                        "stream, deleted when the stream is stored)")
     p.add_argument("--out", type=Path, default=None, help="also write the table's records (.json, .csv or .md)")
 
 
@@ -197,7 +201,7 @@ def _run_with(args: argparse.Namespace, spec: BenchSpec, executor: Executor) -> 
             results = run_bench(spec, store, executor=executor,
                                 on_start=lambda total, stored: progress.start(total, stored, where=str(args.results)),
                                 on_batch=progress.batch, on_unit=progress.unit, on_cell=progress.cell,
-                                stream_states=states_folder(args.results))
+                                stream_states=states_folder(args.results) if args.stream_states else None)
         except KeyboardInterrupt:
             progress.close()
             print(f"interrupted: finished cells are saved in {args.results}; rerun the same command to resume",

@@ -139,3 +139,6 @@ def test_cli_keeps_stream_states_next_to_the_results(fmnist_dir, checkpoint, tmp
     assert len(list(states_folder(results).iterdir())) == 1
     monkeypatch.setattr(eval.bench_work, "run_benchmark", real)
     assert main(args) == 0 and not states_folder(results).exists() and len(stored_rows(results)) == 3
+    other = tmp_path / "off.sqlite"
+    monkeypatch.setattr(eval.bench_work, "run_benchmark", interrupt_at_fog)
+    assert main([*args[:-1], str(other), "--no-stream-states"]) == 130 and not states_folder(other).exists()
