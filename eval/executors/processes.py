@@ -28,6 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 from eval.domains import Domain
+from eval.meters import CellStats
 from eval.executors.base import (
     BatchHook,
     CellSink,
@@ -56,12 +57,16 @@ def _start_worker(threads: int, events: Any) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_unit(work: UnitWork, unit: WorkUnit, attempt: int) -> UnitOutcome:
-    """The body of one unit in a worker: announce it, run it and return its cells."""
+def _run_unit(work: UnitWork, unit: WorkUnit, number: int, attempt: int) -> UnitOutcome:
+    """The body of one unit in a worker: announce it, run it, pass each cell on as it is final, return them all.
+
+    Events name the unit by its ``number`` in the run: each message stays a few hundred bytes, which a
+    pipe writes in one piece, so a worker that dies never leaves half a message in the queue.
+    """
     if _EVENTS is None:
         return work(unit)
-    _EVENTS.put(("started", (unit, attempt)))  # a SimpleQueue writes at once: known even if the worker dies
-    return work(unit, on_cell=lambda cell: _EVENTS.put(("cell", cell)))
+    _EVENTS.put(("started", number, attempt))  # a SimpleQueue writes at once: known even if the worker dies
+    return work(unit, on_cell=lambda cell: _EVENTS.put(("cell", number, (cell.domain, cell.stats, cell.device))))
 
 
 class ProcessExecutor(Executor):
@@ -89,6 +94,7 @@ class ProcessExecutor(Executor):
         if self.jobs < 1 or self.threads_per_job < 1:
             raise ValueError(f"jobs and threads_per_job must be >= 1, got {self.jobs} and {self.threads_per_job}")
         self._workers: _Workers | None = None
+        self._numbers: dict[WorkUnit, int] = {}  # each unit's number in the current run, as events name it
 
     def run(self, work: UnitWork, units: Sequence[WorkUnit], *, on_cell: CellSink,
             on_unit: UnitHook | None = None, on_batch: BatchHook | None = None) -> list[UnitFailure]:
@@ -99,6 +105,7 @@ class ProcessExecutor(Executor):
         it propagates; cells already handed on are complete.
         """
         attempts = dict.fromkeys(units, 0)
+        self._numbers = {unit: number for number, unit in enumerate(units)}
         failures: list[UnitFailure] = []
         todo, suspects = list(units), list[WorkUnit]()
         while todo or suspects:
@@ -144,8 +151,8 @@ class _Workers:
     def __init__(self, jobs: int, threads: int) -> None:
         context = multiprocessing.get_context("spawn")
         self.events = context.SimpleQueue()
-        self.started_attempts: set[tuple[WorkUnit, int]] = set()
-        self.cells: list[FinishedCell] = []  # finished cells read from the queue, not handed on yet
+        self.started_attempts: set[tuple[int, int]] = set()  # (unit number, attempt)
+        self.cells: list[tuple[int, tuple[Domain, CellStats, str]]] = []  # read from the queue, not handed on yet
         self.broken = False
         self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
                                         initargs=(threads, self.events))
@@ -153,11 +160,11 @@ class _Workers:
     def drain(self) -> None:
         """Read the workers' events: units started, cells finished (often enough that the pipe never fills)."""
         while not self.events.empty():
-            kind, value = self.events.get()
+            kind, number, value = self.events.get()
             if kind == "started":
-                self.started_attempts.add(value)
+                self.started_attempts.add((number, value))
             else:
-                self.cells.append(value)
+                self.cells.append((number, value))
 
     def stop(self) -> None:
         """Cancel the queued units and terminate the workers, so an interrupt does not wait for units in flight."""
@@ -181,6 +188,7 @@ class _PoolRun:
                  failures: list[UnitFailure]) -> None:
         self.executor, self.workers, self.work, self.attempts, self.failures = executor, workers, work, attempts, failures
         self.pending: dict[Future[UnitOutcome], WorkUnit] = {}
+        self.units = {number: unit for unit, number in executor._numbers.items()}
         self.delivered: set[tuple[WorkUnit, Domain]] = set()
         self.on_cell: CellSink = lambda cell: None
         workers.drain()
@@ -189,7 +197,8 @@ class _PoolRun:
 
     def submit(self, unit: WorkUnit) -> None:
         self.attempts[unit] += 1
-        self.pending[self.workers.pool.submit(_run_unit, self.work, unit, self.attempts[unit])] = unit
+        number = self.executor._numbers[unit]
+        self.pending[self.workers.pool.submit(_run_unit, self.work, unit, number, self.attempts[unit])] = unit
 
     def run(self, units: list[WorkUnit], on_cell: CellSink,
             on_unit: UnitHook | None) -> tuple[list[WorkUnit], list[WorkUnit]]:
@@ -222,17 +231,20 @@ class _PoolRun:
                         on_unit(outcome)
             return [], []
         except BaseException:
-            self.workers.stop()
-            self.hand_on_cells()  # cells finished before the interrupt are complete: keep them
+            try:
+                self.hand_on_cells()  # cells finished before the interrupt are complete: keep them
+            finally:
+                self.workers.stop()
             raise
 
     def hand_on_cells(self) -> None:
         """Read the workers' events and hand on the cells finished since the last call."""
         self.workers.drain()
         cells, self.workers.cells = self.workers.cells, []
-        for cell in cells:
-            self.delivered.add((cell.unit, cell.domain))
-            self.on_cell(cell)
+        for number, (domain, stats, device) in cells:
+            unit = self.units[number]
+            self.delivered.add((unit, domain))
+            self.on_cell(FinishedCell(unit, domain, stats, device))
 
     def _after_break(self, unfinished: list[WorkUnit]) -> tuple[list[WorkUnit], list[WorkUnit]]:
         """Sort the unfinished units after a worker died into (to run again, suspects to run one at a time).
@@ -244,7 +256,8 @@ class _PoolRun:
         self.workers.broken = True
         self.workers.pool.shutdown(wait=True, cancel_futures=True)
         self.hand_on_cells()  # a crashed stream's finished domains are complete cells
-        in_flight = [u for u in unfinished if (u, self.attempts[u]) in self.workers.started_attempts]
+        started = self.workers.started_attempts
+        in_flight = [u for u in unfinished if (self.executor._numbers[u], self.attempts[u]) in started]
         if not in_flight:
             raise RuntimeError("a worker process died before it started any unit (it could not start: see the "
                                "messages above); nothing more can run in worker processes")
