@@ -152,6 +152,9 @@ def _check_executor_flags(args: argparse.Namespace) -> None:
              for flag, value in given.items() if value is not None and args.executor not in applies[flag]]
     if wrong:
         raise CLIError(f"{'; '.join(wrong)}, got --executor {args.executor}")
+    if args.executor == "processes" and args.device.startswith("cuda") and args.jobs is None:
+        raise CLIError(f"--device {args.device} with --executor processes needs --jobs: every worker process opens "
+                       "its own CUDA context on that GPU (the default, one worker per CPU core, would not fit)")
     if args.executor == "ray" and args.device.startswith("cuda") and (args.gpus_per_cell or 0.0) <= 0:
         raise CLIError(f"--device {args.device} with --executor ray needs --gpus-per-cell > 0 "
                        "(Ray hides the GPUs from tasks that reserve none)")

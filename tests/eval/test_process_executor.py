@@ -165,3 +165,5 @@ def test_process_flags_need_the_process_executor(fmnist_dir, checkpoint, tmp_pat
     assert "--jobs only applies to --executor processes, got --executor local" in capsys.readouterr().err
     assert main([*args, "--executor", "processes", "--jobs", "0"]) == 2
     assert "jobs and threads_per_job must be >= 1" in capsys.readouterr().err
+    assert main([*args, "--executor", "processes", "--device", "cuda"]) == 2
+    assert "--device cuda with --executor processes needs --jobs" in capsys.readouterr().err
