@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -25,7 +27,8 @@ def check_batch(x: Tensor, ndim: int | None = 4) -> None:
         raise ValueError(f"expected a {ndim}-D batch (B, C, H, W), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError("empty batch: nothing to predict or adapt on")
-    if not torch.isfinite(x).all():
+    low, high = torch.aminmax(x)  # one pass, no temporaries; NaN propagates, and an infinity is an extreme
+    if not (math.isfinite(float(low)) and math.isfinite(float(high))):
         raise ValueError("batch contains NaN or Inf values; refusing to adapt on it")
 
 
