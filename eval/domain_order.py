@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eval.datasets.indexed import IndexedLoader
 from eval.domains import Domain
 from eval.streams import Loaders, StreamItem, iter_batches
 
@@ -146,7 +147,8 @@ class MixedSamples(_Shuffled):
     Batches mix domains (each test batch holds samples of several corruptions), as in the mixed-domain
     setting of the continual-TTA literature (e.g. Döbler et al., "Robust Mean Teacher for Continual and
     Gradual Test-Time Adaptation", CVPR 2023); each sample is scored for its own domain. All domains
-    are read into memory first (fine for Fashion-MNIST/CIFAR-C or a ``--limit``; not a full ImageNet-C).
+    of an on-disk suite are read batch by batch in the shuffled order; other loaders are read into memory
+first (Fashion-MNIST's corruptions are drawn per original batch).
 
     Args:
         seed: Seeds the order; the same seed gives the same stream.
@@ -157,6 +159,10 @@ class MixedSamples(_Shuffled):
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield batches of the first domain's batch size drawn from the shuffled pool of all samples."""
+        indexed = list(loaders.values())
+        if indexed and all(isinstance(loader, IndexedLoader) for loader in indexed):
+            yield from self._indexed_stream(loaders)
+            return
         xs: list[Tensor] = []
         ys: list[Tensor] = []
         tags: list[Domain] = []
@@ -177,3 +183,16 @@ class MixedSamples(_Shuffled):
             domains = tuple(tags[i] for i in window.tolist())
             yield StreamItem(domains[0], x_all[index], y_all[index.to(y_all.device)], reset=start == 0,
                              sample_domains=domains)
+
+    def _indexed_stream(self, loaders: Loaders) -> Iterator[StreamItem]:
+        """The same stream from on-disk domains, read batch by batch in the shuffled order (nothing held whole)."""
+        domain_loaders = [loader for loader in loaders.values() if isinstance(loader, IndexedLoader)]
+        tags = [domain for domain, loader in zip(loaders, domain_loaders) for _ in range(len(loader.labels()))]
+        if not tags:
+            return
+        order = np.random.default_rng(self.seed).permutation(len(tags))
+        start = 0
+        for x, y in iter_batches(next(iter(loaders)), IndexedLoader.mixed(domain_loaders, order.tolist())):
+            domains = tuple(tags[i] for i in order[start : start + len(y)].tolist())
+            yield StreamItem(domains[0], x, y, reset=start == 0, sample_domains=domains)
+            start += len(y)

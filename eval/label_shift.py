@@ -1,7 +1,8 @@
 """Label-shift (non-i.i.d.) protocols: each domain's samples re-ordered by class, then re-batched.
 
 Class-sorted streams put one or two classes in every batch; Dirichlet streams cluster the labels with
-a tunable concentration. Both hold a whole domain in memory to reorder it.
+a tunable concentration. Both read an on-disk domain in the new order batch by batch; a loader that
+cannot be indexed is held in memory whole to be re-ordered.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eval.datasets.indexed import IndexedLoader
 from eval.domains import Domain
 from eval.streams import Loaders, StreamItem, iter_batches
 
@@ -23,8 +25,13 @@ def _reordered(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield the domain's samples in ``order(labels)``, re-batched at the size of its first batch.
 
-    The whole domain is held in memory: fine for Fashion-MNIST or CIFAR-C, not for a full ImageNet-C domain.
+    An :class:`~eval.datasets.indexed.IndexedLoader` (the on-disk suites) is read batch by batch in
+    that order; any other loader is held in memory whole to be re-ordered (fine for Fashion-MNIST,
+    whose corruptions are drawn per original batch; the batches are the same either way).
     """
+    if isinstance(loader, IndexedLoader):
+        yield from iter_batches(domain, loader.in_order(order(loader.labels())))
+        return
     batches = list(iter_batches(domain, loader))
     if not batches:
         return

@@ -23,6 +23,7 @@ from eval.corruptions import ENGINE_VERSION
 from eval.datasets import CorruptedView, load_fashion_mnist
 from eval.datasets.cifar_clean import CifarCleanTest, find_clean_cifar
 from eval.datasets.folder import ImageFolderDomain, Preprocess, check_folder_root
+from eval.datasets.indexed import IndexedLoader, dataset_labels
 from eval.datasets.npy import NpyCorruptionDomain, check_npy_root
 from eval.domains import Domain
 from eval.models import DEFAULT_CHECKPOINT, load_source_model
@@ -122,6 +123,10 @@ class Suite:
         dataset = self._dataset(domain, limit)
         if limit is not None and len(dataset) > limit:  # type: ignore[arg-type]
             dataset = torch.utils.data.Subset(dataset, range(limit))
+        known = dataset_labels(dataset)
+        if known is not None:  # re-orderable by the label-shift and sample-mixed protocols without buffering
+            return IndexedLoader(dataset, known, batch_size=batch_size, num_workers=self.spec.num_workers,
+                                 pin_memory=device.startswith("cuda"))
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.spec.num_workers,
                           pin_memory=device.startswith("cuda"))
 
