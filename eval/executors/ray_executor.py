@@ -19,13 +19,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from eval.domains import Domain
-from eval.executors.base import BatchHook, CellSink, Executor, UnitFailure, UnitHook, UnitOutcome, UnitWork, WorkUnit
+from eval.executors.base import (
+    BatchHook,
+    CellSink,
+    Executor,
+    FinishedCell,
+    UnitFailure,
+    UnitHook,
+    UnitOutcome,
+    UnitWork,
+    WorkUnit,
+)
 
 __all__ = ["RayExecutor", "import_ray"]
 
 logger = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.5  # how often the driver reads the finished cells while tasks run
+_SEND_SECONDS = 10.0  # how long a task waits for the driver's queue to take a cell
 
 INSTALL_HINT = "pip install 'tta-plugin[ray]' (or pip install '.[ray]' in a checkout of this project)"
 
@@ -45,8 +56,21 @@ def import_ray() -> Any:
 
 
 def _run_unit_task(work: UnitWork, unit: WorkUnit, cells: Any) -> UnitOutcome:
-    """The body of one Ray task: run the unit on this node, pass each cell on as it is final, return them all."""
-    return work(unit, on_cell=cells.put)
+    """The body of one Ray task: run the unit on this node, pass each cell on as it is final, return them all.
+
+    A cell is sent and acknowledged before the unit goes on, so it reaches the driver even if the
+    worker dies right after; a driver that was killed (its queue actor with it) costs a task at most
+    ``_SEND_SECONDS`` per cell, and every cell also comes back in the task's result.
+    """
+    ray = import_ray()
+
+    def send(cell: FinishedCell) -> None:
+        try:
+            ray.get(cells.actor.put_nowait.remote(cell), timeout=_SEND_SECONDS)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+            logger.warning("the driver did not take the cell of %s on %s; it is in the unit's result", unit, cell.domain)
+
+    return work(unit, on_cell=send)
 
 
 class RayExecutor(Executor):

@@ -120,9 +120,13 @@ def test_interrupted_process_driver_stops_its_workers_and_resumes(fmnist_dir, ch
                               stdout=subprocess.DEVNULL, preexec_fn=_default_sigint, text=True)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and driver.poll() is None and len(stored_rows(results)) < 3:
+        # Cells arrive as soon as they are final, before their unit ends: wait for the stalled unit to
+        # start as well (its marker disappears), or the rerun would be the one to stall.
+        while time.monotonic() < deadline and driver.poll() is None and (
+                len(stored_rows(results)) < 3 or list(faults.iterdir())):
             time.sleep(0.3)
         assert len(stored_rows(results)) == 3, "the driver never stored the three other cells"
+        assert not list(faults.iterdir()), "the stalled unit never started"
         children = _children(driver.pid)
         assert children, "the driver has no worker processes"
         driver.send_signal(signal.SIGINT)

@@ -115,9 +115,13 @@ def _stop_driver_mid_sweep_and_resume(fault_dir: Path, fmnist_dir: Path, checkpo
                               stdout=subprocess.DEVNULL, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and driver.poll() is None and len(stored_rows(tmp_path / "r.sqlite")) < 3:
+        # Cells arrive as soon as they are final, before their task ends: wait for the stalled unit to
+        # start as well (its marker disappears), or the rerun would be the one to stall.
+        while time.monotonic() < deadline and driver.poll() is None and (
+                len(stored_rows(tmp_path / "r.sqlite")) < 3 or list(fault_dir.iterdir())):
             time.sleep(0.3)
         assert len(stored_rows(tmp_path / "r.sqlite")) == 3, "the driver never stored the three other cells"
+        assert not list(fault_dir.iterdir()), "the stalled unit never started"
         driver.send_signal(sig)
         code = driver.wait(timeout=60)
     finally:
