@@ -15,7 +15,7 @@ from torch import Tensor
 
 from eval.datasets.indexed import IndexedLoader
 from eval.domains import Domain
-from eval.streams import Loaders, StreamItem, iter_batches
+from eval.streams import Loaders, StreamItem, iter_batches, sequential_stream
 
 __all__ = ["Continual", "Gradual", "MixedDomains", "MixedSamples", "ResetEachDomain"]
 
@@ -40,11 +40,7 @@ class ResetEachDomain:
         Args:
             loaders: Iterables of ``(x, y)`` batches keyed by domain, in stream order.
         """
-        for domain, loader in loaders.items():
-            first = True
-            for x, y in iter_batches(domain, loader):
-                yield StreamItem(domain, x, y, reset=first)
-                first = False
+        return sequential_stream(loaders, reset_each_domain=True)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -68,11 +64,7 @@ class Continual:
         Args:
             loaders: Iterables of ``(x, y)`` batches keyed by domain, in stream order.
         """
-        first = True
-        for domain, loader in loaders.items():
-            for x, y in iter_batches(domain, loader):
-                yield StreamItem(domain, x, y, reset=first)
-                first = False
+        return sequential_stream(loaders, reset_each_domain=False)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

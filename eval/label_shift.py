@@ -15,7 +15,7 @@ from torch import Tensor
 
 from eval.datasets.indexed import IndexedLoader
 from eval.domains import Domain
-from eval.streams import Loaders, StreamItem, iter_batches
+from eval.streams import Loaders, StreamItem, iter_batches, sequential_stream
 
 __all__ = ["ClassSorted", "DirichletLabelShift", "class_sorted_order", "dirichlet_order"]
 
@@ -46,13 +46,8 @@ def _reordered(
 def _label_shift_stream(
     loaders: Loaders, order: Callable[[Tensor], Tensor], reset_each_domain: bool
 ) -> Iterator[StreamItem]:
-    first = True
-    for domain, loader in loaders.items():
-        if reset_each_domain:
-            first = True
-        for x, y in _reordered(domain, loader, order):
-            yield StreamItem(domain, x, y, reset=first)
-            first = False
+    return sequential_stream(loaders, reset_each_domain=reset_each_domain,
+                             batches=lambda domain, loader: _reordered(domain, loader, order))
 
 
 def class_sorted_order(labels: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ A protocol (:class:`Protocol`) turns per-domain loaders (:data:`Loaders`) into o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol as _TypingProtocol
 
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from eval.domains import Domain
 
-__all__ = ["Loaders", "Protocol", "StreamItem", "iter_batches"]
+__all__ = ["Loaders", "Protocol", "StreamItem", "iter_batches", "sequential_stream"]
 
 Loaders = Mapping[Domain, Iterable[tuple[Tensor, Tensor]]]
 """Per-domain iterables of ``(x, y)`` batches, in stream order: what every protocol streams."""
@@ -75,3 +75,19 @@ def iter_batches(domain: Domain, loader: Iterable[tuple[Tensor, Tensor]]) -> Ite
                 f"loader for domain {domain} must yield tensors, got ({type(x).__name__}, {type(y).__name__})"
             )
         yield x, y
+
+
+def sequential_stream(
+    loaders: Loaders,
+    *,
+    reset_each_domain: bool,
+    batches: Callable[[Domain, Iterable[tuple[Tensor, Tensor]]], Iterable[tuple[Tensor, Tensor]]] = iter_batches,
+) -> Iterator[StreamItem]:
+    """Yield every domain's ``batches(domain, loader)`` in order, with ``reset`` on the stream's first batch
+    and, if ``reset_each_domain``, on each domain's first batch; domains with no batches are skipped."""
+    first = True
+    for domain, loader in loaders.items():
+        first = first or reset_each_domain
+        for x, y in batches(domain, loader):
+            yield StreamItem(domain, x, y, reset=first)
+            first = False
