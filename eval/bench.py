@@ -98,24 +98,22 @@ def run_bench(
     suite = open_suite(spec.suite)
     suite.check(spec.domains)
     model_name = suite.model_name + ("" if spec.runtime == "torch" else f"+{spec.runtime}")
-    keys: dict[WorkUnit, dict[Domain, CellKey]] = {}
-    for unit in plan_units(spec):
-        unit_keys = {d: _key(spec, suite, model_name, unit.method, d) for d in unit.domains}
-        keys[_with_checkpoints(unit, list(unit_keys.values()), spec, stream_states)] = unit_keys
-    pending = [_resumed(u, unit_keys, spec, store) for u, unit_keys in keys.items()
-               if not all(store.has(k) for k in unit_keys.values())]
-    keys.update({u: keys[replace(u, start=0)] for u in pending})
+    keys = {(m, d): _key(spec, suite, model_name, m, d) for m in spec.methods for d in spec.domains}
+    units = [_with_checkpoints(u, [keys[u.method, d] for d in u.domains], spec, stream_states)
+             for u in plan_units(spec)]
+    pending = [_resumed(u, keys, spec, store) for u in units
+               if not all(store.has(keys[u.method, d]) for d in u.domains)]
     pending_domains = dict.fromkeys(d for u in pending for d in u.domains[u.start:])
     batches = {d: -(-suite.num_examples(d, spec.limit) // spec.batch_size) for d in pending_domains}
     if on_start is not None:
-        stored = sum(len(u.domains) for u in keys if not u.start) - sum(len(u.domains) - u.start for u in pending)
+        stored = len(keys) - sum(len(u.domains) - u.start for u in pending)
         on_start(sum(batches[d] for u in pending for d in u.domains[u.start:]), stored)
     metadata: dict[str, Mapping[str, object]] = {}
 
     def write(cell: FinishedCell) -> None:
         if cell.device not in metadata:
             metadata[cell.device] = run_metadata(replace(spec, device=cell.device))
-        store.put(Record.from_stats(keys[cell.unit][cell.domain], cell.stats, metadata[cell.device]))
+        store.put(Record.from_stats(keys[cell.unit.method, cell.domain], cell.stats, metadata[cell.device]))
         if on_cell is not None:
             on_cell(cell, batches[cell.domain])
 
@@ -126,7 +124,7 @@ def run_bench(
 
     work = BenchWork(spec, suite=suite)
     failures = executor.run(work, pending, on_cell=write, on_unit=unit_done, on_batch=on_batch)
-    records = (store.get(_key(spec, suite, model_name, m, d)) for d in spec.domains for m in spec.methods)
+    records = (store.get(keys[m, d]) for d in spec.domains for m in spec.methods)
     results = Results(r for r in records if r is not None)
     if failures:
         raise IncompleteBench(failures, results)
@@ -146,8 +144,9 @@ def _with_checkpoints(unit: WorkUnit, keys: list[CellKey], spec: BenchSpec, fold
     return replace(unit, checkpoints=checkpoint_paths(folder, keys))
 
 
-def _resumed(unit: WorkUnit, keys: Mapping[Domain, CellKey], spec: BenchSpec, store: ResultsStore) -> WorkUnit:
+def _resumed(unit: WorkUnit, keys: Mapping[tuple[str, Domain], CellKey], spec: BenchSpec,
+             store: ResultsStore) -> WorkUnit:
     """Return the pending ``unit``, set to skip the stored domains it can resume after."""
     if not _resumable_stream(spec, unit) or (get_protocol(spec.protocol).carries_state and not unit.checkpoints):
         return unit
-    return resumable(unit, lambda i: store.has(keys[unit.domains[i]]), get_protocol(spec.protocol))
+    return resumable(unit, lambda i: store.has(keys[unit.method, unit.domains[i]]), get_protocol(spec.protocol))
