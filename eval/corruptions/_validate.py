@@ -165,7 +165,7 @@ def validated_per_image(fn: _Implementation) -> Corruption:
 
 
 def _wrap(fn: _Implementation, *, per_image: bool) -> Corruption:
-    """Return the checked, chunked (unless ``per_image``) and clamped (unless ``per_image``) corruption."""
+    """Return the corruption with the shared checks; unless ``per_image``: value check, chunking and clamp too."""
     name = getattr(fn, "__name__", "corruption")
 
     @functools.wraps(fn)

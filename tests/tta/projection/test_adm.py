@@ -212,7 +212,9 @@ def test_fp16_blocks_are_half_and_output_is_float32() -> None:
     with torch.no_grad():
         try:
             y = model(x, t)
-        except RuntimeError as error:  # float16 convolutions missing on this CPU build
+        except RuntimeError as error:  # float16 convolutions missing on this CPU build; anything else fails
+            if "not implemented for 'Half'" not in str(error):
+                raise
             pytest.skip(f"float16 ops unavailable on CPU: {error}")
         y_ref = reference(x, t)
     assert y.dtype == torch.float32 and y.shape == y_ref.shape
