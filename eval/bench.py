@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from eval.bench_spec import BenchSpec, resolve_device
-from eval.bench_work import CONTIGUOUS_PROTOCOLS, BenchWork
+from eval.bench_work import BenchWork
 from eval.domains import Domain
 from eval.executors import BatchHook, Executor, FinishedCell, LocalExecutor, UnitFailure, UnitOutcome, WorkUnit
 from eval.protocols import get_protocol
@@ -87,9 +87,9 @@ def run_bench(
         on_unit: Called with ``(outcome, batches of the unit)`` when a unit has finished and its cells are stored.
         on_cell: Called with ``(cell, batches of its domain)`` as soon as a cell is stored.
         stream_states: Folder for the adapter states saved at the domain boundaries of streams (see
-            :mod:`eval.stream_checkpoints`), so that a stream interrupted after some domains resumes
-            there; ``None`` recomputes an unfinished stream from its start. The CLI uses
-            ``<results>.streams``.
+            :mod:`eval.stream_checkpoints`), so that a stream that failed or was interrupted after
+            some domains resumes there, both when the executor retries it and on a rerun; ``None``
+            recomputes an unfinished stream from its start. The CLI uses ``<results>.streams``.
 
     Raises:
         IncompleteBench: After every other unit ran, if some unit failed after all retries.
@@ -123,7 +123,8 @@ def run_bench(
             on_unit(outcome, sum(batches[d] for d in outcome.unit.domains[outcome.unit.start:]))
 
     work = BenchWork(spec, suite=suite)
-    failures = executor.run(work, pending, on_cell=write, on_unit=unit_done, on_batch=on_batch)
+    failures = executor.run(work, pending, on_cell=write, on_unit=unit_done, on_batch=on_batch,
+                            resume=lambda unit: _resumed(unit, keys, spec, store))
     records = (store.get(keys[m, d]) for d in spec.domains for m in spec.methods)
     results = Results(r for r in records if r is not None)
     if failures:
@@ -133,7 +134,7 @@ def run_bench(
 
 def _resumable_stream(spec: BenchSpec, unit: WorkUnit) -> bool:
     """Whether ``unit`` is a stream whose cells are stored domain by domain and whose adapter lives in torch."""
-    return (len(unit.domains) > 1 and spec.protocol in CONTIGUOUS_PROTOCOLS and spec.runtime == "torch"
+    return (len(unit.domains) > 1 and get_protocol(spec.protocol).contiguous and spec.runtime == "torch"
             and spec.online_cost is None)
 
 

@@ -27,12 +27,7 @@ from eval.suites import Suite, SuiteSpec, open_suite
 from tta import TTAMethod
 from tta.guard import CollapseGuard
 
-__all__ = ["BenchWork", "CONTIGUOUS_PROTOCOLS"]
-
-# Protocols whose stream visits each domain in one contiguous run: a domain's cell is final as soon as
-# its run ends, so it can be stored at once. Any other protocol (gradual and mixed revisit domains)
-# hands its cells on only when the whole stream has ended, so the store never holds a partial cell.
-CONTIGUOUS_PROTOCOLS = frozenset({"episodic", "continual", "class-sorted", "dirichlet"})
+__all__ = ["BenchWork"]
 
 # The suite opened last in this process, so a worker that runs several units opens it once.
 _OPENED: dict[SuiteSpec, Suite] = {}
@@ -90,7 +85,7 @@ class BenchWork:
         if unit.start and protocol.carries_state:
             adapter.load_state(unit.checkpoints[unit.start - 1])
             stream = _without_first_reset(stream)
-        streamed = on_cell is not None and spec.protocol in CONTIGUOUS_PROTOCOLS
+        streamed = on_cell is not None and protocol.contiguous
 
         def hand_on(domain: Domain, stats: CellStats) -> None:
             index = unit.domains.index(domain)

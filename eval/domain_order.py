@@ -33,6 +33,7 @@ class ResetEachDomain:
 
     name: str = "episodic"
     carries_state: bool = False
+    contiguous: bool = True
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield every batch of every domain, ``reset=True`` on the first batch of each domain.
@@ -57,6 +58,7 @@ class Continual:
 
     name: str = "continual"
     carries_state: bool = True
+    contiguous: bool = True
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield every batch of every domain, ``reset=True`` only on the very first batch.
@@ -83,6 +85,7 @@ class Gradual:
 
     name: str = "gradual"
     carries_state: bool = True
+    contiguous: bool = False
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield the batches corruption by corruption, severities up then down, ``reset`` only first."""
@@ -123,6 +126,7 @@ class MixedDomains(_Shuffled):
 
     name: str = "mixed"
     carries_state: bool = True
+    contiguous: bool = False
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield all batches of all domains shuffled together (domains are read fully first)."""
@@ -148,6 +152,7 @@ first (Fashion-MNIST's corruptions are drawn per original batch).
 
     name: str = "mixed-samples"
     carries_state: bool = True
+    contiguous: bool = False
 
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield batches of the first domain's batch size drawn from the shuffled pool of all samples."""

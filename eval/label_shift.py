@@ -103,6 +103,7 @@ class ClassSorted:
     """
 
     name: str = "class-sorted"
+    contiguous: bool = True
 
     def __init__(self, *, reset_each_domain: bool = True) -> None:
         self.reset_each_domain = reset_each_domain
@@ -130,6 +131,7 @@ class DirichletLabelShift:
     """
 
     name: str = "dirichlet"
+    contiguous: bool = True
 
     def __init__(self, concentration: float = 0.1, seed: int = 0, *, reset_each_domain: bool = True) -> None:
         if concentration <= 0:

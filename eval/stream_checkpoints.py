@@ -5,8 +5,9 @@ label-shift protocols without a reset per domain), the cells of a stream's first
 as soon as each domain ends, but the next domains need the adapter as it was at that point. The
 work saves that state (:func:`tta.state.save_state`: parameters, buffers, optimizers, the reset
 snapshot; written atomically) after each domain, in a file named by a hash of the stored keys of the
-domains before it. A rerun finds the longest stored prefix whose state file exists and runs only the
-rest of the stream from that state: the cells equal an uninterrupted run's (tested). Protocols that
+domains before it. A retry of the failed stream within the run, or a rerun of an interrupted one,
+finds the longest stored prefix whose state file exists and runs only the rest of the stream from
+that state: the cells equal an uninterrupted run's (tested). Protocols that
 reset the adapter before every domain resume after the stored prefix without any state. The files
 are deleted once the whole stream is stored.
 """

@@ -56,6 +56,15 @@ class Protocol(_TypingProtocol):
         """Whether the adapter's state flows from one domain into the next (no reset between domains)."""
         ...
 
+    @property
+    def contiguous(self) -> bool:
+        """Whether each domain is visited in one contiguous run, so its cell is final when the run ends.
+
+        Cells of such a protocol can be stored domain by domain; a protocol that revisits or
+        interleaves domains (gradual, mixed) finishes its cells only when the whole stream ends.
+        """
+        ...
+
     def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
         """Yield the batches of ``loaders`` as stream items."""
         ...

@@ -18,13 +18,14 @@ from eval.executors.base import (
     UnitFailure,
     UnitHook,
     UnitOutcome,
+    UnitResume,
     UnitWork,
     WorkUnit,
 )
 from eval.executors.local import LocalExecutor
 
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "WorkUnit", "FinishedCell", "UnitOutcome", "UnitFailure",
-           "UnitWork", "CellSink", "UnitHook", "BatchHook", "create_executor"]
+           "UnitWork", "CellSink", "UnitHook", "UnitResume", "BatchHook", "create_executor"]
 
 EXECUTORS: tuple[str, ...] = ("local", "processes", "ray")
 

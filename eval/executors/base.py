@@ -21,7 +21,7 @@ from eval.protocols import StreamItem
 from eval.runner import CellStats
 
 __all__ = ["WorkUnit", "FinishedCell", "UnitOutcome", "UnitFailure", "UnitWork", "Executor",
-           "CellSink", "UnitHook", "BatchHook"]
+           "CellSink", "UnitHook", "BatchHook", "UnitResume"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ class UnitFailure:
 CellSink = Callable[[FinishedCell], None]
 UnitHook = Callable[[UnitOutcome], None]
 BatchHook = Callable[[StreamItem, Tensor], None]
+UnitResume = Callable[[WorkUnit], WorkUnit]
 
 
 class UnitWork(Protocol):
@@ -121,12 +122,13 @@ class Executor(ABC):
 
     @abstractmethod
     def run(self, work: UnitWork, units: Sequence[WorkUnit], *, on_cell: CellSink,
-            on_unit: UnitHook | None = None, on_batch: BatchHook | None = None) -> list[UnitFailure]:
+            on_unit: UnitHook | None = None, on_batch: BatchHook | None = None,
+            resume: UnitResume | None = None) -> list[UnitFailure]:
         """Run every unit; return the ones that failed after all retries.
 
-        ``on_cell`` and ``on_unit`` are called in the calling (driver) process, once per final cell
-        and once per finished unit. A ``KeyboardInterrupt`` stops the work in flight and propagates;
-        cells already handed to ``on_cell`` are complete.
+        ``on_cell``, ``on_unit`` and ``resume`` are called in the calling (driver) process, once per
+        final cell, once per finished unit and once per retry. A ``KeyboardInterrupt`` stops the work
+        in flight and propagates; cells already handed to ``on_cell`` are complete.
 
         Args:
             work: Runs one unit; must be picklable for executors that run it in other processes.
@@ -134,6 +136,9 @@ class Executor(ABC):
             on_cell: Receives each finished cell (e.g. writes it to the results store at once).
             on_unit: Called when a unit has finished, after its cells went to ``on_cell``.
             on_batch: Called after every batch; only executors that run the work in this process call it.
+            resume: Given a unit that failed, returns the unit its retry runs: :func:`eval.bench.run_bench`
+                sets a stream to start after the domains it stored before failing. The retry's cells and
+                outcome carry the returned unit; a failure is reported with the unit as it was given.
         """
 
     def close(self) -> None:  # noqa: B027 - a no-op default, not an abstract method

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from eval.executors.base import BatchHook, CellSink, Executor, UnitFailure, UnitHook, UnitWork, WorkUnit
+from eval.executors.base import BatchHook, CellSink, Executor, UnitFailure, UnitHook, UnitResume, UnitWork, WorkUnit
 
 __all__ = ["LocalExecutor"]
 
@@ -16,8 +16,9 @@ class LocalExecutor(Executor):
     """Run units in the calling process; a unit that raises is run again up to ``max_retries`` times.
 
     Cells reach ``on_cell`` as soon as the protocol lets the work finish them, and ``on_batch``
-    sees every batch, so progress is live. A retried unit hands its cells on again; since a cell's
-    key is its identity, storing it again replaces the earlier row instead of adding one.
+    sees every batch, so progress is live. A retried unit runs as ``resume`` returns it (from its
+    start when there is none) and hands its cells on again; since a cell's key is its identity,
+    storing it again replaces the earlier row instead of adding one.
     """
 
     name = "local"
@@ -26,13 +27,15 @@ class LocalExecutor(Executor):
         super().__init__(max_retries=max_retries)
 
     def run(self, work: UnitWork, units: Sequence[WorkUnit], *, on_cell: CellSink,
-            on_unit: UnitHook | None = None, on_batch: BatchHook | None = None) -> list[UnitFailure]:
+            on_unit: UnitHook | None = None, on_batch: BatchHook | None = None,
+            resume: UnitResume | None = None) -> list[UnitFailure]:
         """Run each unit in turn (see :meth:`Executor.run`)."""
         failures = []
         for unit in units:
             for attempt in range(1, self.max_retries + 2):
+                runs = resume(unit) if attempt > 1 and resume is not None else unit
                 try:
-                    outcome = work(unit, on_cell=on_cell, on_batch=on_batch)
+                    outcome = work(runs, on_cell=on_cell, on_batch=on_batch)
                 except Exception as err:  # noqa: BLE001 - any failure of a unit is retried, then reported
                     if attempt <= self.max_retries:
                         logger.warning("%s failed (attempt %d of %d), retrying: %s: %s", unit, attempt,

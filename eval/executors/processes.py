@@ -8,7 +8,7 @@ worker receives the small picklable unit work (a spec holding paths) and sends b
 finished cells, each as soon as it is final (a stream's domains one by one, through the same queue
 on which workers announce the units they start), so the driver stores them at once.
 
-Failures: a unit that raises is submitted again, at most ``max_retries`` times. A worker that dies
+Failures: a unit that raises is submitted again (as ``resume`` returns it), at most ``max_retries`` times. A worker that dies
 (killed, out of memory, a crash in native code) breaks the pool, and the pool is rebuilt. Each worker
 announces the units it starts, so the driver knows which were running: if one was, it crashed and
 is charged the attempt; if several were, none is charged and they run again one at a time, where a
@@ -37,6 +37,7 @@ from eval.executors.base import (
     UnitFailure,
     UnitHook,
     UnitOutcome,
+    UnitResume,
     UnitWork,
     WorkUnit,
 )
@@ -95,9 +96,12 @@ class ProcessExecutor(Executor):
             raise ValueError(f"jobs and threads_per_job must be >= 1, got {self.jobs} and {self.threads_per_job}")
         self._workers: _Workers | None = None
         self._numbers: dict[WorkUnit, int] = {}  # each unit's number in the current run, as events name it
+        self._resume: UnitResume | None = None
+        self._submitted: set[WorkUnit] = set()  # units of the current run submitted at least once
 
     def run(self, work: UnitWork, units: Sequence[WorkUnit], *, on_cell: CellSink,
-            on_unit: UnitHook | None = None, on_batch: BatchHook | None = None) -> list[UnitFailure]:
+            on_unit: UnitHook | None = None, on_batch: BatchHook | None = None,
+            resume: UnitResume | None = None) -> list[UnitFailure]:
         """Run every unit in the pool, collecting results as they finish (see :meth:`Executor.run`).
 
         ``on_batch`` is not called: batches run in the workers. On ``KeyboardInterrupt`` (or any error
@@ -106,6 +110,7 @@ class ProcessExecutor(Executor):
         """
         attempts = dict.fromkeys(units, 0)
         self._numbers = {unit: number for number, unit in enumerate(units)}
+        self._resume, self._submitted = resume, set[WorkUnit]()
         failures: list[UnitFailure] = []
         todo, suspects = list(units), list[WorkUnit]()
         while todo or suspects:
@@ -188,7 +193,7 @@ class _PoolRun:
                  failures: list[UnitFailure]) -> None:
         self.executor, self.workers, self.work, self.attempts, self.failures = executor, workers, work, attempts, failures
         self.pending: dict[Future[UnitOutcome], WorkUnit] = {}
-        self.units = {number: unit for unit, number in executor._numbers.items()}
+        self.running: dict[int, WorkUnit] = {}  # by number: each unit as its latest attempt runs it
         self.delivered: set[tuple[WorkUnit, Domain]] = set()
         self.on_cell: CellSink = lambda cell: None
         workers.drain()
@@ -196,9 +201,13 @@ class _PoolRun:
         workers.cells.clear()
 
     def submit(self, unit: WorkUnit) -> None:
+        """Queue ``unit``'s next attempt: as given the first time, as ``resume`` returns it after that."""
         self.attempts[unit] += 1
-        number = self.executor._numbers[unit]
-        self.pending[self.workers.pool.submit(_run_unit, self.work, unit, number, self.attempts[unit])] = unit
+        executor, number = self.executor, self.executor._numbers[unit]
+        runs = executor._resume(unit) if unit in executor._submitted and executor._resume is not None else unit
+        executor._submitted.add(unit)
+        self.running[number] = runs
+        self.pending[self.workers.pool.submit(_run_unit, self.work, runs, number, self.attempts[unit])] = unit
 
     def run(self, units: list[WorkUnit], on_cell: CellSink,
             on_unit: UnitHook | None) -> tuple[list[WorkUnit], list[WorkUnit]]:
@@ -242,7 +251,7 @@ class _PoolRun:
         self.workers.drain()
         cells, self.workers.cells = self.workers.cells, []
         for number, (domain, stats, device) in cells:
-            unit = self.units[number]
+            unit = self.running[number]
             self.delivered.add((unit, domain))
             self.on_cell(FinishedCell(unit, domain, stats, device))
 

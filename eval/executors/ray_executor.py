@@ -4,9 +4,10 @@ Each unit is one Ray task with the resources it asks for (``num_cpus``, ``num_gp
 receives the small, picklable unit work (a benchmark spec holding *paths*) and re-opens the data and
 the model from those paths on its node, so no dataset or weight tensor goes through the object store;
 only the finished cells (a few numbers per domain) come back, each as soon as it is final, through a
-queue actor (a stream's domains one by one), so the driver stores them at once. Ray retries a task whose worker died or
-which raised, at most ``max_retries`` times; a task that still fails is reported and the rest of the
-grid goes on.
+queue actor (a stream's domains one by one), so the driver stores them at once. A task whose worker
+died or which raised is submitted again by the driver (as ``resume`` returns its unit, so a stream
+goes on after the domains it stored), at most ``max_retries`` times; a task that still fails is
+reported and the rest of the grid goes on.
 
 Ray is an optional dependency (``pip install 'tta-plugin[ray]'``); it is imported only when this
 executor runs.
@@ -27,6 +28,7 @@ from eval.executors.base import (
     UnitFailure,
     UnitHook,
     UnitOutcome,
+    UnitResume,
     UnitWork,
     WorkUnit,
 )
@@ -82,7 +84,7 @@ class RayExecutor(Executor):
             private local instance for this run.
         cpus_per_unit: CPU cores each task reserves (Ray's ``num_cpus``; fractions allowed).
         gpus_per_unit: GPUs each task reserves (Ray's ``num_gpus``; fractions share a GPU).
-        max_retries: Times Ray runs a task again after its worker died or it raised.
+        max_retries: Times a unit is submitted again after its task's worker died or it raised.
         init_kwargs: Further keyword arguments of ``ray.init`` when this executor starts Ray.
 
     Raises:
@@ -103,7 +105,8 @@ class RayExecutor(Executor):
         self.init_kwargs = dict(init_kwargs or {})
 
     def run(self, work: UnitWork, units: Sequence[WorkUnit], *, on_cell: CellSink,
-            on_unit: UnitHook | None = None, on_batch: BatchHook | None = None) -> list[UnitFailure]:
+            on_unit: UnitHook | None = None, on_batch: BatchHook | None = None,
+            resume: UnitResume | None = None) -> list[UnitFailure]:
         """Submit every unit as a task, then collect results in completion order (see :meth:`Executor.run`).
 
         ``on_batch`` is not called: batches run on the workers. On ``KeyboardInterrupt`` the tasks
@@ -116,21 +119,21 @@ class RayExecutor(Executor):
         if started:
             ray.init(address=self.address, **self.init_kwargs)
         try:
-            return self._collect(ray, work, units, on_cell, on_unit)
+            return self._collect(ray, work, units, on_cell, on_unit, resume)
         finally:
             if started:
                 ray.shutdown()
 
     def _collect(self, ray: Any, work: UnitWork, units: Sequence[WorkUnit], on_cell: CellSink,
-                 on_unit: UnitHook | None) -> list[UnitFailure]:
-        task = ray.remote(_run_unit_task).options(
-            num_cpus=self.cpus_per_unit, num_gpus=self.gpus_per_unit,
-            max_retries=self.max_retries, retry_exceptions=True,
-        )
+                 on_unit: UnitHook | None, resume: UnitResume | None) -> list[UnitFailure]:
+        # Retries are the driver's, not Ray's: a retry then starts from what the store holds by then.
+        task = ray.remote(_run_unit_task).options(num_cpus=self.cpus_per_unit, num_gpus=self.gpus_per_unit,
+                                                  max_retries=0, retry_exceptions=False)
         work_ref = ray.put(work)  # a spec with paths: a few hundred bytes, shipped once
         # Cells reach the driver as they are final (a stream's domains one by one) through a queue actor.
         cells = _CellQueue(ray.util.queue.Queue(actor_options={"num_cpus": 0}), on_cell)
         pending = {task.remote(work_ref, unit, cells.queue): unit for unit in units}
+        attempts = dict.fromkeys(units, 1)
         failures: list[UnitFailure] = []
         try:
             while pending:
@@ -141,8 +144,15 @@ class RayExecutor(Executor):
                     try:
                         outcome: UnitOutcome = ray.get(ref)
                     except ray.exceptions.RayError as err:
-                        failures.append(UnitFailure(unit, self.max_retries + 1, _describe(err)))
-                        logger.warning("%s failed after %d attempt(s): %s", unit, self.max_retries + 1, err)
+                        if attempts[unit] > self.max_retries:
+                            failures.append(UnitFailure(unit, attempts[unit], _describe(err)))
+                            logger.warning("%s failed after %d attempt(s): %s", unit, attempts[unit], err)
+                            continue
+                        logger.warning("%s failed (attempt %d of %d), retrying: %s", unit, attempts[unit],
+                                       self.max_retries + 1, _describe(err))
+                        attempts[unit] += 1
+                        runs = resume(unit) if resume is not None else unit
+                        pending[task.remote(work_ref, runs, cells.queue)] = unit
                         continue
                     cells.hand_on(outcome)
                     if on_unit is not None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from eval.bench import BenchSpec, run_bench
 from eval.domains import Domain
-from eval.executors import Executor
+from eval.executors import Executor, LocalExecutor
 from eval.results import ResultsStore
+from eval.stream_checkpoints import states_folder
 from eval.suites import SuiteSpec
 
-NOISE, CONTRAST = Domain("gaussian_noise", 5), Domain("contrast", 5)
+NOISE, CONTRAST, FOG = Domain("gaussian_noise", 5), Domain("contrast", 5), Domain("fog", 5)
 PROTOCOLS = ("episodic", "continual")
 #: ``(protocol, method, domain) -> (error, ece, nll, n)``: what must agree between executors.
 Rows = dict[tuple[str, str, str], tuple[float, float, float | None, int]]
@@ -43,3 +47,30 @@ def stored_rows(path: Path) -> Rows:
 def episodic(rows: Rows) -> Rows:
     """Return the episodic cells of ``rows``."""
     return {key: value for key, value in rows.items() if key[0] == "episodic"}
+
+
+def stream_spec(fmnist_dir: Path, checkpoint: Path) -> BenchSpec:
+    """Return tent's continual stream over noise, contrast and fog: the stream the crash-and-resume tests break."""
+    return replace(grid_spec(fmnist_dir, checkpoint, "continual"), methods=("tent",),
+                   corruptions=("gaussian_noise", "contrast", "fog"))
+
+
+def single_threaded_rows(spec: BenchSpec, path: Path) -> Rows:
+    """Run ``spec`` into a store at ``path`` with the local executor and one torch thread, as each worker runs it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ResultsStore(path) as store:
+            run_bench(spec, store, executor=LocalExecutor())
+    finally:
+        torch.set_num_threads(threads)
+    return stored_rows(path)
+
+
+def run_stream(spec: BenchSpec, path: Path, executor: Executor) -> list[int]:
+    """Run ``spec`` into ``path`` with ``executor``, keeping stream states; return each finished unit's start."""
+    starts: list[int] = []
+    with ResultsStore(path) as store:
+        run_bench(spec, store, executor=executor, stream_states=states_folder(path),
+                  on_unit=lambda outcome, _: starts.append(outcome.unit.start))
+    return starts

@@ -6,20 +6,29 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from eval.bench import IncompleteBench, run_bench
-from eval.domains import Domain
 from eval.cli import main
 from eval.executors import WorkUnit, create_executor
 from eval.executors.faults import arm_fault
 from eval.executors.processes import ProcessExecutor
 from eval.results import ResultsStore
 from eval.stream_checkpoints import states_folder
-from tests.eval.grid import CONTRAST, NOISE, PROTOCOLS, episodic, grid_spec, stored_rows
+from tests.eval.grid import (
+    CONTRAST,
+    FOG,
+    NOISE,
+    PROTOCOLS,
+    episodic,
+    grid_spec,
+    run_stream,
+    single_threaded_rows,
+    stored_rows,
+    stream_spec,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,21 +94,24 @@ def test_process_workers_stay_up_between_runs_until_closed(fmnist_dir, checkpoin
 @pytest.mark.timeout(300)
 def test_stream_whose_worker_died_keeps_its_finished_domains_and_resumes_from_their_state(  # type: ignore[no-untyped-def]
         fmnist_dir, checkpoint, tmp_path, faults) -> None:
-    spec = replace(grid_spec(fmnist_dir, checkpoint, "continual"), methods=("tent",),
-                   corruptions=("gaussian_noise", "contrast", "fog"))
-    whole, path = tmp_path / "whole.sqlite", tmp_path / "r.sqlite"
-    with ResultsStore(whole) as store:
-        run_bench(spec, store, executor=ProcessExecutor(jobs=1, threads_per_job=1))
-    arm_fault(faults, "tent", Domain("fog", 5), "exit", on_entry=True)  # dies once noise and contrast are done
-    with ResultsStore(path) as store, pytest.raises(IncompleteBench):
-        run_bench(spec, store, executor=ProcessExecutor(jobs=1, threads_per_job=1), stream_states=states_folder(path))
+    spec, path = stream_spec(fmnist_dir, checkpoint), tmp_path / "r.sqlite"
+    arm_fault(faults, "tent", FOG, "exit", on_entry=True)  # dies once noise and contrast are done
+    with pytest.raises(IncompleteBench):
+        run_stream(spec, path, ProcessExecutor(jobs=1, threads_per_job=1))
     assert len(stored_rows(path)) == 2 and len(list(states_folder(path).iterdir())) == 1
-    resumed: list[WorkUnit] = []
-    with ResultsStore(path) as store:
-        run_bench(spec, store, executor=ProcessExecutor(jobs=1, threads_per_job=1), stream_states=states_folder(path),
-                  on_unit=lambda outcome, _: resumed.append(outcome.unit))
-    assert [unit.start for unit in resumed] == [2]  # only fog ran, from the state saved after contrast
-    assert stored_rows(path) == stored_rows(whole)
+    assert run_stream(spec, path, ProcessExecutor(jobs=1, threads_per_job=1)) == [2]  # only fog ran, from its state
+    assert stored_rows(path) == single_threaded_rows(spec, tmp_path / "whole.sqlite")
+    assert not states_folder(path).exists()
+
+
+@pytest.mark.timeout(300)
+def test_stream_whose_worker_died_is_retried_from_the_state_after_its_stored_domains(  # type: ignore[no-untyped-def]
+        fmnist_dir, checkpoint, tmp_path, faults) -> None:
+    spec, path = stream_spec(fmnist_dir, checkpoint), tmp_path / "r.sqlite"
+    arm_fault(faults, "tent", FOG, "exit", on_entry=True)
+    assert run_stream(spec, path, ProcessExecutor(jobs=1, threads_per_job=1, max_retries=1)) == [2]  # the retry: fog
+    assert list(faults.iterdir()) == []  # the fault fired
+    assert stored_rows(path) == single_threaded_rows(spec, tmp_path / "whole.sqlite")
     assert not states_folder(path).exists()
 
 

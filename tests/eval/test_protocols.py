@@ -207,3 +207,15 @@ def test_mixed_samples_shuffle_every_sample_into_mixed_batches() -> None:
 def test_stream_item_rejects_sample_domains_of_the_wrong_length() -> None:
     with pytest.raises(ValueError, match="names 1 domains for a batch of 2"):
         StreamItem(SHOT, torch.zeros(2, 1, 1, 1), torch.zeros(2, dtype=torch.long), True, sample_domains=(SHOT,))
+
+
+@pytest.mark.parametrize("name", list_protocols())
+def test_contiguous_and_carries_state_describe_the_stream(name: str) -> None:
+    """Each protocol's two flags match what its stream does: one run per domain, and no reset inside the stream."""
+    loaders = {Domain("fog", 1): _batches(1, 3), Domain("fog", 3): _batches(2, 3), Domain("snow", 2): _batches(3, 3)}
+    protocol = get_protocol(name, seed=0)
+    items = list(protocol.stream(loaders))
+    visits = [d for item in items for d in (item.sample_domains or (item.domain,) * item.x.shape[0])]
+    runs = [d for i, d in enumerate(visits) if i == 0 or visits[i - 1] != d]
+    assert protocol.contiguous == (len(runs) == len(set(runs)))
+    assert protocol.carries_state == (not any(item.reset for item in items[1:]))

@@ -8,20 +8,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from eval.bench import IncompleteBench, run_bench
-from eval.domains import Domain
-from eval.executors import LocalExecutor, WorkUnit
+from eval.executors import WorkUnit
 from eval.executors.faults import FAULT_DIR_ENV, arm_fault
 from eval.executors.ray_executor import RayExecutor
 from eval.results import ResultsStore
-from eval.stream_checkpoints import states_folder
-from tests.eval.grid import CONTRAST, NOISE, Rows, episodic, grid_spec, run_grid, stored_rows
+from tests.eval.grid import (
+    CONTRAST,
+    FOG,
+    NOISE,
+    Rows,
+    episodic,
+    grid_spec,
+    run_grid,
+    run_stream,
+    single_threaded_rows,
+    stored_rows,
+    stream_spec,
+)
 
 ray = pytest.importorskip("ray")
 
@@ -74,26 +82,23 @@ def test_ray_failure_after_retries_is_reported_and_a_rerun_fills_only_the_gap(fa
 @pytest.mark.timeout(300)
 def test_ray_stream_whose_worker_died_keeps_its_finished_domains_and_resumes(fault_dir, fmnist_dir, checkpoint,  # type: ignore[no-untyped-def]
                                                                             tmp_path) -> None:
-    spec = replace(grid_spec(fmnist_dir, checkpoint, "continual"), methods=("tent",),
-                   corruptions=("gaussian_noise", "contrast", "fog"))
-    whole, path = tmp_path / "whole.sqlite", tmp_path / "r.sqlite"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each Ray task (1 CPU) runs it
-    try:
-        with ResultsStore(whole) as store:
-            run_bench(spec, store, executor=LocalExecutor())
-    finally:
-        torch.set_num_threads(threads)
-    arm_fault(fault_dir, "tent", Domain("fog", 5), "exit", on_entry=True)  # dies once noise and contrast are done
-    with ResultsStore(path) as store, pytest.raises(IncompleteBench):
-        run_bench(spec, store, executor=RayExecutor(max_retries=0), stream_states=states_folder(path))
+    spec, path = stream_spec(fmnist_dir, checkpoint), tmp_path / "r.sqlite"
+    arm_fault(fault_dir, "tent", FOG, "exit", on_entry=True)  # dies once noise and contrast are done
+    with pytest.raises(IncompleteBench):
+        run_stream(spec, path, RayExecutor(max_retries=0))
     assert len(stored_rows(path)) == 2  # the finished domains came back through the queue before the crash
-    resumed: list[WorkUnit] = []
-    with ResultsStore(path) as store:
-        run_bench(spec, store, executor=RayExecutor(), stream_states=states_folder(path),
-                  on_unit=lambda outcome, _: resumed.append(outcome.unit))
-    assert [unit.start for unit in resumed] == [2]  # only fog ran, from the state saved after contrast
-    assert stored_rows(path) == stored_rows(whole)  # errors, ECE, NLL and counts exactly equal
+    assert run_stream(spec, path, RayExecutor()) == [2]  # only fog ran, from the state saved after contrast
+    assert stored_rows(path) == single_threaded_rows(spec, tmp_path / "whole.sqlite")  # exactly equal
+
+
+@pytest.mark.timeout(300)
+def test_ray_stream_whose_worker_died_is_retried_from_the_state_after_its_stored_domains(  # type: ignore[no-untyped-def]
+        fault_dir, fmnist_dir, checkpoint, tmp_path) -> None:
+    spec, path = stream_spec(fmnist_dir, checkpoint), tmp_path / "r.sqlite"
+    arm_fault(fault_dir, "tent", FOG, "exit", on_entry=True)
+    assert run_stream(spec, path, RayExecutor(max_retries=1)) == [2]  # the retry ran only fog
+    assert list(fault_dir.iterdir()) == []  # the fault fired
+    assert stored_rows(path) == single_threaded_rows(spec, tmp_path / "whole.sqlite")
 
 
 def _default_sigint() -> None:

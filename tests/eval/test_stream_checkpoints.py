@@ -9,7 +9,8 @@ import pytest
 from eval.bench import BenchSpec, run_bench
 from eval.cli import main
 from eval.domains import Domain
-from eval.executors import WorkUnit
+from eval.executors import LocalExecutor, WorkUnit
+from eval.executors.faults import arm_fault
 from eval.protocols import get_protocol
 from eval.results import ResultsStore
 from eval.stream_checkpoints import checkpoint_paths, resumable, states_folder
@@ -87,6 +88,26 @@ def test_protocol_that_resets_each_domain_resumes_without_a_state(fmnist_dir, ch
     _run(_spec(fmnist_dir, checkpoint, "class-sorted"), path, resumed)
     assert resumed.batches == ["fog", "fog"]
     assert stored_rows(path) == stored_rows(whole)
+
+
+@pytest.mark.parametrize("states", [True, False])
+def test_retried_stream_goes_on_after_the_domains_it_stored(fmnist_dir, checkpoint, tmp_path, faults,  # type: ignore[no-untyped-def]
+                                                            uninterrupted, states) -> None:
+    """A stream that fails on entering fog is retried in the same run from the state saved after contrast."""
+    arm_fault(faults, "tent", Domain("fog", 5), "raise", on_entry=True)
+    path, hook, units = tmp_path / "r.sqlite", _Interrupt(), list[WorkUnit]()
+    with ResultsStore(path) as store:
+        run_bench(_spec(fmnist_dir, checkpoint), store, executor=LocalExecutor(max_retries=1), on_batch=hook,
+                  stream_states=states_folder(path) if states else None,
+                  on_unit=lambda outcome, _: units.append(outcome.unit))
+    assert list(faults.iterdir()) == []  # the fault fired
+    tent = hook.batches[6:]  # norm's stream came first, whole
+    if states:
+        assert [u.start for u in units] == [0, 2] and tent == ["gaussian_noise"] * 2 + ["contrast"] * 2 + ["fog"] * 2
+    else:  # no saved state: the retry runs tent's stream from its start
+        assert [u.start for u in units] == [0, 0] and len(tent) == 4 + 6
+    assert stored_rows(path) == uninterrupted
+    assert not states_folder(path).exists()
 
 
 def test_resume_point_needs_a_stored_prefix_and_its_state(tmp_path: Path) -> None:
