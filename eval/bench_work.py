@@ -90,7 +90,7 @@ class BenchWork:
         def hand_on(domain: Domain, stats: CellStats) -> None:
             index = unit.domains.index(domain)
             if index < len(unit.checkpoints):  # before the cell leaves: its state is on disk when it is stored
-                adapter.save_state(unit.checkpoints[index])
+                adapter.save_state(unit.checkpoints[index], relative_to_source=True)  # resumed on the same model
             on_cell(FinishedCell(unit, domain, stats, device))  # type: ignore[misc]
             if 0 < index <= len(unit.checkpoints):  # the state before this domain is no longer needed
                 Path(unit.checkpoints[index - 1]).unlink(missing_ok=True)

@@ -3,8 +3,8 @@
 Under a protocol that carries the adapter's state from one domain into the next (continual, the
 label-shift protocols without a reset per domain), the cells of a stream's first domains are stored
 as soon as each domain ends, but the next domains need the adapter as it was at that point. The
-work saves that state (:func:`tta.state.save_state`: parameters, buffers, optimizers, the reset
-snapshot; written atomically) after each domain, in a file named by a hash of the stored keys of the
+work saves that state (:func:`tta.state.save_state` relative to the source model: the parameters,
+buffers and optimizer states that adaptation changed; written atomically) after each domain, in a file named by a hash of the stored keys of the
 domains before it. A retry of the failed stream within the run, or a rerun of an interrupted one,
 finds the longest stored prefix whose state file exists and runs only the rest of the stream from
 that state: the cells equal an uninterrupted run's (tested). Protocols that

@@ -120,10 +120,10 @@ class TTAMethod(nn.Module):
         with self._lock:
             restore_snapshot(self, self.optimizers, self._snapshot)
 
-    def save_state(self, path: str | os.PathLike[str]) -> None:
+    def save_state(self, path: str | os.PathLike[str], *, relative_to_source: bool = False) -> None:
         """Write the full adaptation state to ``path`` atomically (see :func:`tta.state.save_state`)."""
         with self._lock:
-            state.save_state(self, path)
+            state.save_state(self, path, relative_to_source=relative_to_source)
 
     def load_state(self, path: str | os.PathLike[str]) -> None:
         """Restore a state written by :meth:`save_state`, bit for bit (see :func:`tta.state.load_state`)."""

@@ -119,9 +119,9 @@ class CollapseGuard(nn.Module):
         with self.adapter.frozen():
             yield self
 
-    def save_state(self, path: str | os.PathLike[str]) -> None:
+    def save_state(self, path: str | os.PathLike[str], *, relative_to_source: bool = False) -> None:
         """Save the method's adaptation state (see :meth:`tta.TTAMethod.save_state`)."""
-        self.adapter.save_state(path)
+        self.adapter.save_state(path, relative_to_source=relative_to_source)
 
     def load_state(self, path: str | os.PathLike[str]) -> None:
         """Load the method's adaptation state (see :meth:`tta.TTAMethod.load_state`)."""

@@ -1,7 +1,14 @@
-"""Save and load the complete adaptation state of a method to a file, atomically, for a new process."""
+"""Save and load the complete adaptation state of a method to a file, atomically, for a new process.
+
+A state can also be saved relative to the method's source: tensors that still equal the reset
+snapshot, and the snapshot itself, are left out and replaced by a fingerprint of the snapshot. Such a
+file loads only into an adapter wrapped around the same source model (checked), and is much smaller
+when adaptation touches few tensors (Tent: the normalization affines) or keeps frozen copies (CoTTA's anchor).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,10 +19,12 @@ from tta._io import atomic_torch_save
 
 if TYPE_CHECKING:
     from tta.base import TTAMethod
+    from tta.snapshot import Snapshot
 
-__all__ = ["save_state", "load_state", "STATE_FORMAT"]
+__all__ = ["save_state", "load_state", "STATE_FORMAT", "RELATIVE_STATE_FORMAT"]
 
 STATE_FORMAT = 1
+RELATIVE_STATE_FORMAT = 2  # a state saved relative to its source snapshot
 
 
 def _on_cpu(value: Any) -> Any:
@@ -28,20 +37,65 @@ def _on_cpu(value: Any) -> Any:
     return value
 
 
-def save_state(adapter: TTAMethod, path: str | os.PathLike[str]) -> Path:
+def save_state(adapter: TTAMethod, path: str | os.PathLike[str], *, relative_to_source: bool = False) -> Path:
     """Write parameters, buffers, optimizer states and the reset snapshot to ``path`` (write, then rename).
 
     An interrupted save leaves the previous file intact. Load it with :func:`load_state` into the
     same method built on the same architecture, in this or another process.
+
+    Args:
+        adapter: The method whose state is written.
+        path: The file to write.
+        relative_to_source: Leave out the snapshot and every tensor still equal to it, and write a
+            fingerprint of the snapshot instead: the file then loads only into the same method wrapped
+            around the same source model (as a resumed benchmark stream is).
     """
-    record = {
+    if adapter._snapshot is None:
+        raise RuntimeError(f"{type(adapter).__name__} has no snapshot to save: call self.snapshot() in __init__")
+    module = adapter.state_dict()
+    record: dict[str, Any] = {
         "format": STATE_FORMAT,
         "method": type(adapter).__name__,
-        "module": _on_cpu(adapter.state_dict()),
         "optimizers": [_on_cpu(opt.state_dict()) for opt in adapter.optimizers],
-        "snapshot": _on_cpu(adapter._snapshot),
     }
+    if relative_to_source:
+        source, source_optimizers = adapter._snapshot
+        unchanged = [k for k, v in module.items() if k in source and _same(v, source[k])]
+        changed = {k: v for k, v in module.items() if k not in set(unchanged)}
+        record |= {"format": RELATIVE_STATE_FORMAT, "source": _fingerprint(adapter._snapshot),
+                   "module": _on_cpu(changed), "unchanged": unchanged, "snapshot": (None, _on_cpu(source_optimizers))}
+    else:
+        record |= {"module": _on_cpu(module), "snapshot": _on_cpu(adapter._snapshot)}
     return atomic_torch_save(record, path)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold the same values, bit for bit (so NaN never equals NaN, and is kept)."""
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+
+
+def _fingerprint(snapshot: Snapshot) -> str:
+    """Return a digest of the snapshot: its tensors' names, dtypes, shapes and bytes, and its optimizer states."""
+    digest = hashlib.blake2b(digest_size=20)
+    _digest_into(digest, snapshot)
+    return digest.hexdigest()
+
+
+def _digest_into(digest: Any, value: Any) -> None:
+    """Feed ``value`` (tensors, containers of them, plain values) into ``digest``, tensors by their bytes."""
+    if isinstance(value, torch.Tensor):
+        digest.update(f"tensor:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            digest.update(f"{key!r}=".encode())
+            _digest_into(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}[{len(value)}]".encode())
+        for item in value:
+            _digest_into(digest, item)
+    else:
+        digest.update(f"{value!r};".encode())
 
 
 def load_state(adapter: TTAMethod, path: str | os.PathLike[str]) -> TTAMethod:
@@ -58,19 +112,36 @@ def load_state(adapter: TTAMethod, path: str | os.PathLike[str]) -> TTAMethod:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for foreign or damaged files
         raise ValueError(f"{path} is not a readable adaptation state: {error}") from error
-    if not isinstance(record, dict) or record.get("format") != STATE_FORMAT:
+    if not isinstance(record, dict) or record.get("format") not in (STATE_FORMAT, RELATIVE_STATE_FORMAT):
         raise ValueError(f"{path} is not an adaptation state (format {STATE_FORMAT}) written by save_state")
     if record["method"] != type(adapter).__name__:
         raise ValueError(f"{path} holds the state of {record['method']}, not of {type(adapter).__name__}")
     if len(record["optimizers"]) != len(adapter.optimizers):
         raise ValueError(f"{path} has {len(record['optimizers'])} optimizer state(s); the method has {len(adapter.optimizers)}")
+    module = record["module"]
+    if record["format"] == RELATIVE_STATE_FORMAT:
+        module = _with_source(adapter, path, record)
     try:
-        adapter.load_state_dict(record["module"])
+        adapter.load_state_dict(module)
     except RuntimeError as error:
         raise ValueError(f"{path} does not fit this model: {error}") from error
     for opt, opt_state in zip(adapter.optimizers, record["optimizers"]):
         opt.load_state_dict(opt_state)
-    device = next((t.device for t in adapter.state_dict().values()), torch.device("cpu"))
-    state, optimizer_states = record["snapshot"]
-    adapter._snapshot = ({k: v.to(device) for k, v in state.items()}, optimizer_states)
+    if record["format"] == STATE_FORMAT:
+        device = next((t.device for t in adapter.state_dict().values()), torch.device("cpu"))
+        state, optimizer_states = record["snapshot"]
+        adapter._snapshot = ({k: v.to(device) for k, v in state.items()}, optimizer_states)
     return adapter
+
+
+def _with_source(adapter: TTAMethod, path: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Return the full module state of a relative ``record``: its tensors, and the rest from ``adapter``'s snapshot.
+
+    Raises:
+        ValueError: ``adapter``'s snapshot is not the one the state was saved relative to.
+    """
+    if adapter._snapshot is None or _fingerprint(adapter._snapshot) != record["source"]:
+        raise ValueError(f"{path} was saved relative to another source model (or reset point) than this "
+                         f"{type(adapter).__name__}'s; load it into an adapter wrapped around the same model")
+    source = adapter._snapshot[0]
+    return {**{k: source[k] for k in record["unchanged"]}, **record["module"]}

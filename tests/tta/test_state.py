@@ -69,6 +69,41 @@ def test_foreign_damaged_and_mismatched_files_are_refused(tmp_path: Path) -> Non
     assert state_equal(clone_state(adapter), state)
 
 
+@pytest.mark.parametrize("method", ["norm", "tent", "cotta"])
+def test_state_relative_to_source_restores_the_same_adapter_from_a_smaller_file(tmp_path: Path, method: str) -> None:
+    adapter = tta.wrap(tiny_classifier(), method)
+    for seed in range(3):
+        adapter(_batch(seed))
+    adapter.save_state(tmp_path / "full.pt")
+    adapter.save_state(tmp_path / "relative.pt", relative_to_source=True)
+    assert (tmp_path / "relative.pt").stat().st_size < 0.6 * (tmp_path / "full.pt").stat().st_size
+    other = tta.wrap(tiny_classifier(), method)
+    other.load_state(tmp_path / "relative.pt")
+    assert state_equal(clone_state(other), clone_state(adapter))
+    outputs = []
+    for wrapper in (adapter, other):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # CoTTA draws its augmentations
+            outputs.append(wrapper(_batch(99)))
+    assert torch.equal(outputs[0], outputs[1])  # the next adaptation step too
+    other.reset()
+    assert state_equal(clone_state(other), clone_state(tta.wrap(tiny_classifier(), method)))
+
+
+def test_state_relative_to_source_is_refused_by_another_source(tmp_path: Path) -> None:
+    adapter = tta.wrap(tiny_classifier(), "tent")
+    adapter(_batch(0))
+    adapter.save_state(tmp_path / "relative.pt", relative_to_source=True)
+    other_source = tiny_classifier()
+    with torch.no_grad():
+        other_source[0].weight.add_(1e-3)  # the same architecture, other weights
+    other = tta.wrap(other_source, "tent")
+    state = clone_state(other)
+    with pytest.raises(ValueError, match="saved relative to another source model"):
+        other.load_state(tmp_path / "relative.pt")
+    assert state_equal(clone_state(other), state)  # nothing changed
+
+
 def test_threads_hammering_one_wrapper_are_serialized() -> None:
     adapter = tta.wrap(tiny_classifier(), "tent")
     errors: list[BaseException] = []
