@@ -20,9 +20,10 @@ import torch
 import torchvision
 
 import tta
+from tta.guard import CollapseGuard
 
 
-def _write(adapter: tta.TTAMethod, path: Path, relative: bool, repeats: int) -> tuple[float, float]:
+def _write(adapter: tta.TTAMethod | CollapseGuard, path: Path, relative: bool, repeats: int) -> tuple[float, float]:
     """Return (size in MB, best write time in s) of ``adapter``'s state written ``repeats`` times to ``path``."""
     best = float("inf")
     for _ in range(repeats):
