@@ -15,18 +15,20 @@ Differences from the reference implementation:
 - NOTE(deviation): the k nearest neighbours are found by ranking distances (``rank < knn``) instead of
   ``topk``, so that batches smaller than ``knn + 1`` need no special case; ties may select more than
   ``knn`` neighbours, where ``topk`` picks one arbitrarily.
-- The corrected output is returned as log-probabilities ``log Y`` (valid logits), not ``Y``.
+- The corrected output is returned as log-probabilities ``log Y`` (valid logits), not ``Y``, computed by a
+  log-softmax of the last update, so tiny assignments keep their precision in every runtime.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LameGraph", "knn_affinity", "laplacian_steps", "LameOutput"]
+__all__ = ["LameGraph", "knn_affinity", "laplacian_steps", "log_plus_epsilon", "LameOutput"]
 
 
 @dataclass(frozen=True)
@@ -70,19 +72,35 @@ def knn_affinity(features: Tensor, knn: int) -> Tensor:
     return ((rank < knn) & ~eye).to(features.dtype)
 
 
-def laplacian_steps(log_probs: Tensor, kernel: Tensor, *, steps: int, bound_lambda: float = 1.0) -> Tensor:
+def log_plus_epsilon(log_p: Tensor, epsilon: float) -> Tensor:
+    """Return ``log(p + epsilon)`` from ``log p`` without leaving log space.
+
+    ``log(softmax(z) + eps)`` of a float32 probability near ``eps`` differs by up to 2 between
+    runtimes (their softmaxes differ in the tiny entries); ``max + log1p(exp(-|a - b|))`` of the two
+    logarithms is exact in every runtime and plain elementwise ONNX.
+    """
+    log_eps = torch.full_like(log_p, math.log(epsilon))
+    high = torch.maximum(log_p, log_eps)
+    return high + torch.log1p(torch.exp(-(log_p - log_eps).abs()))
+
+
+def laplacian_steps(log_probs: Tensor, kernel: Tensor, *, steps: int, bound_lambda: float = 1.0,
+                    log: bool = False) -> Tensor:
     """Return LAME's assignments ``Y`` ``(N, K)`` after ``steps`` updates ``Y = softmax(log p + λ W Y)``.
 
     Args:
         log_probs: The model's log-probabilities (the negative unary term), ``(N, K)``.
         kernel: ``(N, N)`` affinity.
-        steps: Number of updates (eq. 8 of the paper, iterated).
+        steps: Number of updates (eq. 8 of the paper, iterated); at least 1.
         bound_lambda: λ.
+        log: Return ``log Y``, from a log-softmax of the last update: exact for tiny assignments, where
+            ``log(Y)`` of a float32 ``Y`` near 1e-7 is off by 1e-3 between runtimes.
     """
     y = log_probs.softmax(dim=-1)
-    for _ in range(steps):
+    for _ in range(steps - 1):
         y = (log_probs + bound_lambda * kernel.matmul(y)).softmax(dim=-1)
-    return y
+    last = log_probs + bound_lambda * kernel.matmul(y)
+    return last.log_softmax(dim=-1) if log else last.softmax(dim=-1)
 
 
 class _Capture(nn.Module):
@@ -125,7 +143,6 @@ class LameOutput(nn.Module):
             raise RuntimeError(f"the LAME head {self.config.head!r} was not called by the model's forward")
         features = F.normalize(features.flatten(1), p=2.0, dim=-1)
         kernel = knn_affinity(features, self.config.knn)
-        log_probs = torch.log(logits.softmax(dim=-1) + 1e-10)  # LAME's unary term is -log(p + 1e-10)
-        y = laplacian_steps(log_probs, kernel, steps=self.config.steps,
-                            bound_lambda=self.config.bound_lambda)
-        return torch.log(y + 1e-10)
+        log_probs = log_plus_epsilon(logits.log_softmax(dim=-1), 1e-10)  # LAME's unary term is -log(p + 1e-10)
+        return laplacian_steps(log_probs, kernel, steps=self.config.steps, bound_lambda=self.config.bound_lambda,
+                               log=True)

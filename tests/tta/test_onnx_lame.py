@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import tiny_classifier
-from tta._onnx_lame import LameGraph, knn_affinity, laplacian_steps
+from tta._onnx_lame import LameGraph, knn_affinity, laplacian_steps, log_plus_epsilon
 from tta.export import export_onnx
 
 
@@ -53,13 +53,17 @@ def test_laplacian_steps_pull_neighbours_together() -> None:
 
 
 @pytest.mark.onnx
-@pytest.mark.parametrize("mode", ["frozen", "adaptive"])
-def test_lame_graph_matches_eager_lame_at_any_batch(mode: Literal["frozen", "adaptive"]) -> None:
+@pytest.mark.parametrize(("mode", "exporter"), [("frozen", "torchscript"), ("adaptive", "torchscript"),
+                                                ("frozen", "dynamo")])
+def test_lame_graph_matches_eager_lame_at_any_batch(mode: Literal["frozen", "adaptive"],
+                                                    exporter: Literal["torchscript", "dynamo"]) -> None:
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     model, config = tiny_classifier(), LameGraph(head="8", knn=3, steps=5)
+    with torch.no_grad():
+        model[8].weight.mul_(40.0)  # confident logits: assignments near 1e-7, where log(Y) loses precision
     buffer = io.BytesIO()
-    export_onnx(model, buffer, torch.rand(8, 3, 16, 16), mode=mode, lame=config, exporter="torchscript")
+    export_onnx(model, buffer, torch.rand(8, 3, 16, 16), mode=mode, lame=config, exporter=exporter)
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     if mode == "adaptive":
         import tta
@@ -70,7 +74,11 @@ def test_lame_graph_matches_eager_lame_at_any_batch(mode: Literal["frozen", "ada
         with torch.no_grad():
             features, logits = model[:-1](x), model(x)
         kernel = knn_affinity(F.normalize(features, dim=-1), config.knn)
-        expected = torch.log(laplacian_steps(torch.log(logits.softmax(-1) + 1e-10), kernel, steps=5) + 1e-10)
+        log_probs = torch.log(logits.double().softmax(-1) + 1e-10).float()  # LAME's unary term, in float64
+        assert torch.allclose(log_plus_epsilon(logits.log_softmax(-1), 1e-10), log_probs, atol=1e-5)
+        y = laplacian_steps(log_probs, kernel, steps=5)
+        expected = laplacian_steps(log_probs, kernel, steps=5, log=True)
+        assert torch.allclose(expected.exp(), y, atol=1e-6)  # the same assignments, as log-probabilities
         actual = torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
         assert (actual - expected).abs().max() <= 1e-4
 
