@@ -17,7 +17,7 @@ import numpy as np
 __all__ = ["EdgeSession"]
 
 _INPUT, _STATE_IN, _STATE_OUT = "input", "ema_in.", "ema_out."
-_EXTRA_HINT = 'pip install "tta-plugin[onnx]"  (or just onnxruntime on the device)'
+_EXTRA_HINT = "pip install '.[onnx]' in a checkout of this project  (or just onnxruntime on the device)"
 
 
 class EdgeSession:

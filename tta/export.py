@@ -52,7 +52,7 @@ __all__ = ["ExportMode", "Exporter", "LameGraph", "OnnxExport", "OnnxMismatchErr
 logger = logging.getLogger(__name__)
 
 ExportMode = Literal["frozen", "adaptive"]
-EXTRA_HINT = 'pip install "tta-plugin[onnx]"  (installs onnx, onnxruntime and onnxscript)'
+EXTRA_HINT = "pip install '.[onnx]' in a checkout of this project  (installs onnx, onnxruntime and onnxscript)"
 
 
 class OnnxMismatchError(RuntimeError):
