@@ -1,13 +1,27 @@
-"""AdaptiveBatchNorm: a BatchNorm whose statistics mode is explicit and whose source statistics are kept."""
+"""AdaptiveBatchNorm: a BatchNorm whose statistics mode is explicit and whose source statistics are kept.
+
+Non-finite batches: a batch whose statistics are NaN or Inf in some channel (a NaN/Inf input value, or
+an overflow) never reaches the stored statistics. Buffers are updated per channel with
+``torch.where(isfinite(new), new, old)``, so such a channel keeps what it held and later clean batches
+normalize as if the bad batch had not been seen; that batch's own outputs are non-finite, which the
+caller sees. This costs no host-device synchronization (no ``.item()`` per layer), so CUDA inference
+is not slowed; callers that must refuse such a batch check their input once, before the model.
+
+Shape checks are free (no synchronization) and come first: an empty batch raises ``ValueError`` in every
+mode that computes batch statistics (``batch``, ``mix``, updating ``ema``) before any buffer changes.
+"""
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from adapters_bn.surgery import BATCHNORM_TYPES
 
 __all__ = ["BNStats", "BN_STATS", "AdaptiveBatchNorm"]
 
@@ -17,14 +31,22 @@ BN_STATS: tuple[str, ...] = get_args(BNStats)
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def check_stats_options(stats: str, momentum: float, prior: float) -> None:
-    """Raise ``ValueError`` unless the statistics mode, EMA momentum and mixing prior are valid."""
-    if stats not in BN_STATS:
+def check_stats_options(stats: object, momentum: object = None, prior: object = None) -> None:
+    """Raise unless the statistics mode, EMA momentum and mixing prior are valid; ``None`` skips a check.
+
+    Raises:
+        TypeError: if ``momentum`` or ``prior`` is not a real number.
+        ValueError: if ``stats`` is not one of :data:`BN_STATS` or a number is outside [0, 1].
+    """
+    if not isinstance(stats, str) or stats not in BN_STATS:
         raise ValueError(f"unknown statistics mode {stats!r}; choose one of {list(BN_STATS)}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    if not 0.0 <= prior <= 1.0:
-        raise ValueError(f"prior must be in [0, 1] (0 = pure batch statistics), got {prior}")
+    for name, value, note in (("momentum", momentum, ""), ("prior", prior, " (0 = pure batch statistics)")):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number in [0, 1]{note}, got {type(value).__name__}")
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(f"{name} must be in [0, 1]{note}, got {value}")
 
 
 def _accumulation_input(x: Tensor) -> Tensor:
@@ -49,6 +71,17 @@ def _channel_shape(x: Tensor) -> list[int]:
     return [1, x.shape[1]] + [1] * (x.dim() - 2)
 
 
+def values_per_channel(x: Tensor) -> int:
+    """Return how many values each channel of ``x`` (``(B, C, *)``) has: what batch statistics average over."""
+    return x.numel() // max(x.shape[1], 1)
+
+
+def batch_var_mean(x: Tensor, *, correction: int = 0) -> tuple[Tensor, Tensor]:
+    """Return the per-channel ``(variance, mean)`` of ``x`` (``(B, C, *)``), accumulated in float32 for halves."""
+    dims = [0] + list(range(2, x.dim()))
+    return torch.var_mean(_accumulation_input(x), dim=dims, correction=correction)
+
+
 class AdaptiveBatchNorm(nn.Module):
     """A BatchNorm layer with an explicit statistics mode and its source statistics kept as buffers.
 
@@ -61,11 +94,20 @@ class AdaptiveBatchNorm(nn.Module):
       ``N / (N + n)`` prior of Schneider et al., NeurIPS 2020, is one choice of ``prior``).
     - ``ema``: target running statistics, started at the source ones and updated by ``momentum``
       with each batch before normalizing (unbiased variance, as PyTorch's running update); treated
-      as constants by autograd. ``momentum=0`` normalizes with the stored target statistics.
+      as constants by autograd. ``momentum=0`` normalizes with the stored target statistics. One
+      value per channel (a ``(1, C)`` input to a BatchNorm1d) is accepted: it moves the mean and
+      leaves the variance, which a single value cannot estimate (see ``_ema_update``).
 
-    ``running_mean``/``running_var`` always hold the statistics used by the last forward (the
-    current target estimate); ``source_mean``/``source_var`` are never written after construction.
+    ``running_mean``/``running_var`` hold the statistics used by the last forward (the current
+    target estimate), except that a channel whose batch statistics are NaN/Inf keeps its previous
+    values (module docstring); ``source_mean``/``source_var`` are never written after construction.
     The layer ignores ``train()``/``eval()``: the mode alone decides, so dropout can stay off.
+
+    Raises:
+        TypeError: if ``source`` is not a BatchNorm layer (a LayerNorm, a Linear...).
+        ValueError: if ``source`` has no running statistics or an option is out of range; in
+            ``forward``, for a wrong channel count, an empty batch, or one value per channel in
+            ``batch`` mode (and ``mix`` with ``prior == 0``).
 
     Shape:
         Input ``(B, C, *)`` with ``C == num_features``; output of the same shape.
@@ -89,6 +131,11 @@ class AdaptiveBatchNorm(nn.Module):
         prior: float = 0.0,
     ) -> None:
         super().__init__()
+        if not isinstance(source, BATCHNORM_TYPES):
+            raise TypeError(
+                "AdaptiveBatchNorm wraps a BatchNorm layer (BatchNorm1d/2d/3d, SyncBatchNorm or torchvision "
+                f"FrozenBatchNorm2d), got {type(source).__name__}"
+            )
         check_stats_options(stats, momentum, prior)
         mean, var = _tensor_attribute(source, "running_mean"), _tensor_attribute(source, "running_var")
         if mean is None or var is None:
@@ -136,12 +183,21 @@ class AdaptiveBatchNorm(nn.Module):
             return self._normalize_with(x, self.source_mean, self.source_var)
         if self.stats == "ema":
             return self._forward_ema(x)
-        if self.stats == "mix" and self.prior > 0.0:
-            return self._forward_mix(x)
-        self._check_batch(x)
-        if self.stats == "mix":  # prior == 0: pure batch statistics, fall through to the batch path
+        # With a prior > 0 the source statistics regularize a single value per channel; without, it is degenerate.
+        self._check_batch(x, allow_single=self.stats == "mix" and self.prior > 0.0)
+        if self.stats == "mix":
             return self._forward_mix(x)
         return self._forward_batch(x)
+
+    def _store(self, mean: Tensor, var: Tensor) -> None:
+        """Write ``(mean, var)`` into the running buffers, per channel, only where both are finite.
+
+        ``torch.where`` keeps this free of host-device synchronization; see the module docstring.
+        """
+        with torch.no_grad():
+            finite = torch.isfinite(mean) & torch.isfinite(var)
+            self.running_mean.copy_(torch.where(finite, mean.to(self.running_mean.dtype), self.running_mean))
+            self.running_var.copy_(torch.where(finite, var.to(self.running_var.dtype), self.running_var))
 
     def _normalize_with(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         if self._frozen_source:
@@ -157,11 +213,15 @@ class AdaptiveBatchNorm(nn.Module):
             raise RuntimeError(f"{type(self._template[0]).__name__} source has no weight/bias to normalize with")
         return self.weight, self.bias
 
-    def _check_batch(self, x: Tensor) -> None:
-        per_channel = x.numel() // max(x.shape[1], 1)
+    def _check_batch(self, x: Tensor, *, allow_single: bool = False) -> None:
+        """Raise ``ValueError`` for a batch whose statistics are undefined (shape only: no synchronization)."""
+        per_channel = values_per_channel(x)
         if per_channel == 0:
-            raise ValueError("empty batch: batch statistics need at least one sample")
-        if per_channel == 1:
+            raise ValueError(
+                f"empty batch of shape {tuple(x.shape)}: batch statistics ({self.stats!r} mode) need at least one "
+                "sample; nothing was stored"
+            )
+        if per_channel == 1 and not allow_single:
             raise ValueError(
                 f"batch statistics are degenerate for input of shape {tuple(x.shape)}: one value per "
                 "channel. Use a batch of 2 or more, or stats='ema'/'mix' with a prior > 0, or 'source'."
@@ -170,37 +230,20 @@ class AdaptiveBatchNorm(nn.Module):
     def _forward_batch(self, x: Tensor) -> Tensor:
         if not self.update_stats:
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        # momentum=1 makes the kernel write this batch's mean and unbiased variance as the running
-        # statistics. When autograd records the call it keeps those tensors for backward, so they must
-        # then be fresh tensors, not the buffers we overwrite later.
-        records_graph = torch.is_grad_enabled() and (x.requires_grad or self._affine_requires_grad())
-        if records_graph:
-            mean, var = torch.zeros_like(self.running_mean), torch.ones_like(self.running_var)
-        else:
-            mean, var = self.running_mean, self.running_var
+        # momentum=1 makes the kernel write this batch's mean and unbiased variance into fresh tensors
+        # (which autograd may keep for backward); they reach the buffers only where finite (_store).
+        mean, var = torch.zeros_like(self.running_mean), torch.ones_like(self.running_var)
         out = F.batch_norm(x, mean, var, self.weight, self.bias, True, 1.0, self.eps)
-        n = x.numel() // x.shape[1]
-        with torch.no_grad():
-            if records_graph:
-                self.running_mean.copy_(mean)
-                self.running_var.copy_(var)
-            self.running_var.mul_((n - 1) / n)  # the biased variance that normalized this batch
+        n = values_per_channel(x)
+        self._store(mean, var * ((n - 1) / n))  # the biased variance that normalized this batch
         return out
 
-    def _affine_requires_grad(self) -> bool:
-        if self.weight is None or self.bias is None:
-            return False
-        return self.weight.requires_grad or self.bias.requires_grad
-
     def _forward_mix(self, x: Tensor) -> Tensor:
-        dims = [0] + list(range(2, x.dim()))
-        var, mean = torch.var_mean(_accumulation_input(x), dim=dims, correction=0)
+        var, mean = batch_var_mean(x)
         mean = self.prior * self.source_mean + (1.0 - self.prior) * mean
         var = self.prior * self.source_var + (1.0 - self.prior) * var
         if self.update_stats:
-            with torch.no_grad():
-                self.running_mean.copy_(mean)
-                self.running_var.copy_(var)
+            self._store(mean.detach(), var.detach())
         shape = _channel_shape(x)
         out = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
         if self.weight is not None and self.bias is not None:
@@ -209,13 +252,28 @@ class AdaptiveBatchNorm(nn.Module):
 
     def _forward_ema(self, x: Tensor) -> Tensor:
         if self.update_stats and self.momentum > 0.0:
-            self._check_batch(x)
-            dims = [0] + list(range(2, x.dim()))
+            # One value per channel is a valid update here: the layer normalizes with the running statistics.
+            self._check_batch(x, allow_single=True)
             with torch.no_grad():
-                var, mean = torch.var_mean(_accumulation_input(x.detach()), dim=dims, correction=1)
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-                self.running_var.lerp_(var.to(self.running_var.dtype), self.momentum)
+                self._store(*self._ema_update(x.detach()))
         return self._normalize_with(x, self.running_mean, self.running_var)
+
+    def _ema_update(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the running ``(mean, var)`` moved by ``momentum`` toward this batch's statistics.
+
+        The batch variance is unbiased, as PyTorch's running update. With one value per channel it is
+        undefined, and the variance is left as it is while the mean moves.
+        NOTE(deviation): RoTTA's RobustBN (BIT-DA/RoTTA, core/utils/bn_layers.py) folds in the biased
+        variance, which is 0 for one value per channel; on a stream of single samples that shrinks the
+        variance toward 0 (it never sees the spread between samples) and inflates the outputs, so a
+        single value per channel here updates the mean only.
+        """
+        if values_per_channel(x) > 1:
+            var, mean = batch_var_mean(x, correction=1)
+            var = self.running_var.lerp(var.to(self.running_var.dtype), self.momentum)
+        else:
+            mean, var = batch_var_mean(x)[1], self.running_var
+        return self.running_mean.lerp(mean.to(self.running_mean.dtype), self.momentum), var
 
     def current_statistics(self) -> tuple[Tensor, Tensor]:
         """Return the (mean, variance) this layer currently stands for: source ones in ``source`` mode."""

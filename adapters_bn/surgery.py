@@ -15,6 +15,7 @@ __all__ = [
     "iter_batchnorms",
     "iter_norm_layers",
     "is_batchnorm",
+    "check_module",
 ]
 
 # BatchNorm1d/2d/3d and SyncBatchNorm all derive from _BatchNorm; torchvision's frozen variant does not.
@@ -22,6 +23,17 @@ BATCHNORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,
 # Normalization layers without running statistics: only their affine parameters can adapt.
 AFFINE_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm)
 NORM_TYPES: tuple[type[nn.Module], ...] = BATCHNORM_TYPES + AFFINE_NORM_TYPES
+
+
+def check_module(value: object, what: str = "model") -> nn.Module:
+    """Return ``value`` if it is an ``nn.Module``, so functions fail clearly before touching anything.
+
+    Raises:
+        TypeError: if ``value`` is not an ``nn.Module`` (a string, None, a tensor...).
+    """
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"expected {what} to be an nn.Module, got {type(value).__name__}")
+    return value
 
 
 def is_batchnorm(module: nn.Module) -> bool:
@@ -41,7 +53,11 @@ def replace_modules(
 
     Works in place on ``root``'s children and returns the new root, so ``root`` may itself match
     (the timm ``freeze_batch_norm_2d`` pattern). A matched module's children are not visited.
+
+    Raises:
+        TypeError: if ``root`` is not an ``nn.Module``.
     """
+    check_module(root, "root")
     if match(prefix, root):
         return build(root)
     for name, child in list(root.named_children()):
@@ -55,14 +71,20 @@ def replace_modules(
 def iter_norm_layers(
     root: nn.Module, types: tuple[type[nn.Module], ...] = NORM_TYPES
 ) -> Iterator[tuple[str, nn.Module]]:
-    """Yield ``(qualified_name, module)`` for every normalization layer of the given types."""
-    for name, module in root.named_modules():
-        if isinstance(module, types):
-            yield name, module
+    """Return an iterator of ``(qualified_name, module)`` for every normalization layer of the given types.
+
+    Raises:
+        TypeError: at the call (not at the first ``next``) if ``root`` is not an ``nn.Module``.
+    """
+    check_module(root)
+    return ((name, module) for name, module in root.named_modules() if isinstance(module, types))
 
 
 def iter_batchnorms(root: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Yield ``(qualified_name, module)`` for every BatchNorm layer that holds running statistics."""
-    for name, module in root.named_modules():
-        if is_batchnorm(module):
-            yield name, module
+    """Return an iterator of ``(qualified_name, module)`` for every BatchNorm that holds running statistics.
+
+    Raises:
+        TypeError: at the call (not at the first ``next``) if ``root`` is not an ``nn.Module``.
+    """
+    check_module(root)
+    return ((name, module) for name, module in root.named_modules() if is_batchnorm(module))

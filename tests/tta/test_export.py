@@ -214,7 +214,7 @@ def test_unwritable_path_is_refused_before_exporting(tmp_path: Path, where: str)
 @pytest.mark.parametrize("package", ["onnx", "onnxruntime"])
 def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
     monkeypatch.setitem(sys.modules, package, None)  # makes `import package` raise ImportError
-    with pytest.raises(ImportError, match=r"tta-plugin\[onnx\]"):
+    with pytest.raises(ImportError, match=r"pip install '\.\[onnx\]'"):
         export_onnx(tiny_classifier(), io.BytesIO(), torch.rand(2, 3, 16, 16))
 
 

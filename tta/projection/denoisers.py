@@ -170,7 +170,8 @@ def _load_diffusers(folder: Path, map_location: str | torch.device) -> Diffusers
         from diffusers import UNet2DModel
     except ImportError as error:
         raise ImportError(
-            f"loading the diffusers model in {folder} needs the 'diffusion' extra: pip install 'tta-plugin[diffusion]'"
+            f"loading the diffusers model in {folder} needs the 'diffusion' extra: "
+            "pip install '.[diffusion]' in a checkout of this project"
         ) from error
     unet = UNet2DModel.from_pretrained(folder, subfolder="unet" if (folder / "unet").is_dir() else None)
     return DiffusersDenoiser(unet.to(map_location).eval())
