@@ -115,7 +115,11 @@ class BatchStatisticsNorm(nn.Module):
         unbiased = var * (count / (count - 1))  # PyTorch's running-variance update uses the unbiased one
         state_mean, state_var = self.state
         new_mean = state_mean + momentum * (mean - state_mean)
-        new_var = state_var + momentum * (unbiased - state_var)
+        # One value per channel leaves the variance (undefined: 0 * inf); a channel whose statistics are
+        # NaN/Inf keeps its state: as adapters_bn's ema mode, and without host synchronization.
+        new_var = torch.where(torch.isfinite(unbiased), state_var + momentum * (unbiased - state_var), state_var)
+        finite = torch.isfinite(new_mean) & torch.isfinite(new_var)
+        new_mean, new_var = torch.where(finite, new_mean, state_mean), torch.where(finite, new_var, state_var)
         self.next_state = (new_mean, new_var)
         return new_mean, new_var
 

@@ -9,12 +9,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 
 import tta
-from adapters_bn import AdaptiveBatchNorm, set_statistics
+from adapters_bn import AdaptiveBatchNorm, adapt_batchnorm, set_statistics
 from tests.helpers import randomize_bn_statistics, seeded, small_vit, tiny_classifier
 from tta._onnx_layers import BatchStatisticsNorm, NormConfig
 from tta.export import Exporter, OnnxMismatchError, export_onnx
@@ -165,6 +166,25 @@ def test_ema_graph_carries_state_like_the_norm_method(tmp_path: Path) -> None:
     session.reset()
     assert session.state is None and torch.equal(torch.from_numpy(session(batches[0].numpy())), outputs[0])
     assert session.metadata["tta.state_inputs"] == ",".join(result.state_names)
+
+
+def test_ema_graph_keeps_its_state_through_a_nan_batch_like_adapters_bn(tmp_path: Path) -> None:
+    from tta.edge import EdgeSession
+
+    model = tiny_classifier()
+    export_onnx(model, tmp_path / "ema.onnx", torch.rand(4, 3, 16, 16), mode="adaptive", ema_momentum=0.2)
+    session, reference = EdgeSession(tmp_path / "ema.onnx"), adapt_batchnorm(copy.deepcopy(model), stats="ema",
+                                                                            momentum=0.2)
+    g = torch.Generator().manual_seed(2)
+    clean = [torch.rand(4, 3, 16, 16, generator=g) for _ in range(2)]
+    poisoned = clean[0].clone()
+    poisoned[1, 0, 3, 3] = float("nan")
+    for x in (clean[0], poisoned, clean[1]):
+        out = torch.from_numpy(session(x.numpy()))
+        with torch.no_grad():
+            expected = reference(x)
+    assert torch.isfinite(out).all() and (out - expected).abs().max() <= ATOL  # the NaN batch left no trace
+    assert all(np.isfinite(value).all() for value in (session.state or {}).values())
 
 
 def test_batch_statistics_norm_handles_batchnorm1d() -> None:
