@@ -38,5 +38,5 @@ def test_norm_refuses_model_without_batchnorm() -> None:
 
 
 def test_norm_unknown_statistics_mode_raises() -> None:
-    with pytest.raises(ValueError, match="statistics mode"):
+    with pytest.raises(ValueError, match="stats must be one of"):
         tta.wrap(tiny_classifier(), "norm", stats="median")

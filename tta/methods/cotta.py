@@ -66,11 +66,20 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from adapters_bn import BNStats, adapt_batchnorm, iter_adaptive
+from adapters_bn import BN_STATS, BNStats, adapt_batchnorm, iter_adaptive
 from tta.augment import augment_copies, sample_augment_params
 from tta.base import TTAMethod
 from tta.ema import detached_copy, ema_update_
 from tta.losses import soft_cross_entropy, symmetric_cross_entropy
+from tta.options import (
+    check_base_options,
+    check_bool,
+    check_choice,
+    check_int,
+    check_non_negative,
+    check_positive,
+    check_probability,
+)
 from tta.params import requires_grad_only
 from tta.registry import register_adapter
 
@@ -136,6 +145,39 @@ def _seed(seed: int, step: int) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
+def _check_teacher_options(
+    ema_momentum: object, restore_prob: object, confidence_threshold: object, symmetric_loss: object
+) -> None:
+    """Raise a clear error unless alpha and p are probabilities, p_th >= 0 and ``symmetric_loss`` a bool.
+
+    A threshold of 1 or more averages over augmentations on every batch (no confidence reaches it).
+    """
+    check_probability("ema_momentum", ema_momentum)
+    check_probability("restore_prob", restore_prob)
+    check_non_negative("confidence_threshold", confidence_threshold)
+    check_bool("symmetric_loss", symmetric_loss)
+
+
+def _check_sampling_options(num_augmentations: object, max_images: object, seed: object) -> None:
+    """Raise a clear error unless the augmentation count, batch cap and seed are ints in range."""
+    check_int("num_augmentations", num_augmentations, minimum=1)
+    if max_images is not None:
+        check_int("max_images", max_images, minimum=1)
+    check_int("seed", seed)
+
+
+def _preset_options(preset: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Return the preset's settings overridden by the ``given`` ones that are not ``None``, all checked."""
+    check_choice("preset", preset, PRESETS)
+    chosen = dict(PRESETS[preset])
+    chosen.update({k: v for k, v in given.items() if v is not None})
+    check_choice("optimizer", chosen["optimizer"], ("adam", "sgd"))
+    check_positive("lr", chosen["lr"])
+    _check_teacher_options(chosen["ema_momentum"], chosen["restore_prob"], chosen["confidence_threshold"],
+                           chosen["symmetric_loss"])
+    return chosen
+
+
 def _couples_samples(model: nn.Module) -> bool:
     """Whether a sample's output depends on the rest of its batch (batch-statistics normalization)."""
     if any(layer.stats in ("batch", "mix") for _, layer in iter_adaptive(model)):
@@ -173,11 +215,12 @@ class CoTTA(TTAMethod):
         episodic: bool = False,
         input_ndim: int | None = 4,
     ) -> None:
+        _check_teacher_options(ema_momentum, restore_prob, confidence_threshold, symmetric_loss)
+        _check_sampling_options(num_augmentations, max_images, seed)
+        check_bool("augment_soft", augment_soft)
+        check_non_negative("noise_std", noise_std)
+        check_base_options(steps=steps, episodic=episodic, input_ndim=input_ndim)
         super().__init__(model, steps=steps, episodic=episodic, input_ndim=input_ndim)
-        if not 0.0 <= restore_prob <= 1.0:
-            raise ValueError(f"restore_prob must be in [0, 1], got {restore_prob}")
-        if num_augmentations < 1:
-            raise ValueError(f"num_augmentations must be >= 1, got {num_augmentations}")
         self.optimizer, self.optimizers = optimizer, [optimizer]
         self.teacher = self._frozen_copy(model)
         self.anchor = self._frozen_copy(model)
@@ -317,21 +360,31 @@ class CoTTA(TTAMethod):
                 deviation, off by default; see the module docstring).
             bn_momentum: EMA momentum of the BN statistics when ``stats="ema"``.
             input_ndim: Expected input rank.
+
+        Raises:
+            TypeError: an option of the wrong type (e.g. ``seed="a"``, ``episodic="no"``).
+            ValueError: an option out of range (e.g. ``confidence_threshold=2``), or a model with no
+                parameter to adapt.
         """
-        if preset not in PRESETS:
-            raise ValueError(f"unknown CoTTA preset {preset!r}; choose one of {sorted(PRESETS)}")
-        chosen = dict(PRESETS[preset])
+        # every option is checked before the model is touched, so a rejected call changes nothing
         given = {"optimizer": optimizer, "lr": lr, "ema_momentum": ema_momentum, "restore_prob": restore_prob,
                  "confidence_threshold": confidence_threshold, "symmetric_loss": symmetric_loss}
-        chosen.update({k: v for k, v in given.items() if v is not None})
+        chosen = _preset_options(preset, given)
+        _check_sampling_options(num_augmentations, max_images, seed)
+        check_base_options(steps=steps, episodic=episodic, input_ndim=input_ndim)
+        check_choice("stats", stats, BN_STATS)
+        check_probability("bn_momentum", bn_momentum)
         model = configure_model(model, stats, bn_momentum)
         params = [p for _, p in collect_params(model)]
+        if not params:  # after conversion: a FrozenBatchNorm2d's weight and bias only become parameters there
+            raise ValueError(
+                f"CoTTA has no parameters to adapt: {type(model).__name__} has no parameter named 'weight' or "
+                "'bias' (the ones CoTTA updates); use 'source' or 'lame' for such a model"
+            )
         if chosen["optimizer"] == "adam":
             opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=chosen["lr"], betas=(0.9, 0.999), weight_decay=0.0)
-        elif chosen["optimizer"] == "sgd":
-            opt = torch.optim.SGD(params, lr=chosen["lr"], momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=True)
         else:
-            raise ValueError(f"unknown optimizer {chosen['optimizer']!r}; choose 'adam' or 'sgd'")
+            opt = torch.optim.SGD(params, lr=chosen["lr"], momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=True)
         return cls(
             model, opt, ema_momentum=chosen["ema_momentum"], restore_prob=chosen["restore_prob"],
             confidence_threshold=chosen["confidence_threshold"], symmetric_loss=chosen["symmetric_loss"],

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from adapters_bn import adapt_batchnorm, iter_adaptive
 from tta.base import TTAMethod
+from tta.options import check_base_options, check_bool, check_choice, check_int, check_non_negative
 from tta.projection.denoisers import as_denoiser
 from tta.projection.guided import DiffusionProjector, GuidanceNorm
 from tta.projection.schedule import NoiseSchedule
@@ -99,6 +100,25 @@ def ensemble_probabilities(original: Tensor, projected: Tensor, rule: Ensemble =
     return combined / combined.sum(1, keepdim=True).clamp_min(1e-12)
 
 
+def _check_projection_options(
+    num_train_steps: int, respacing: int, start_step: int, low_pass_factor: int,
+    guidance_scale: float, guidance_norm: str, chunk_size: int | None,
+) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` for a projection option out of its type or range."""
+    check_int("num_train_steps", num_train_steps, minimum=1)
+    check_int("respacing", respacing, minimum=1)
+    if respacing > num_train_steps:
+        raise ValueError(f"respacing must be <= num_train_steps ({num_train_steps}), got {respacing}")
+    check_int("start_step", start_step, minimum=1)
+    if start_step >= respacing:  # the projector's range, checked here before any model conversion
+        raise ValueError(f"start_step must be in [1, {respacing - 1}] for respacing={respacing}, got {start_step}")
+    check_int("low_pass_factor", low_pass_factor, minimum=1)
+    check_non_negative("guidance_scale", guidance_scale)  # NaN or Inf would poison every projected image
+    check_choice("guidance_norm", guidance_norm, get_args(GuidanceNorm))
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, minimum=1)
+
+
 @register_adapter("dda")
 class DDA(TTAMethod):
     """Classify the original and the diffusion-projected images and combine the predictions.
@@ -126,9 +146,11 @@ class DDA(TTAMethod):
         episodic: bool = False,
         input_ndim: int | None = 4,
     ) -> None:
-        super().__init__(model, episodic=episodic, input_ndim=input_ndim)
         if ensemble not in ENSEMBLES:
             raise ValueError(f"unknown ensemble rule {ensemble!r}; choose one of {list(ENSEMBLES)}")
+        check_int("seed", seed)
+        check_base_options(episodic=episodic, input_ndim=input_ndim)
+        super().__init__(model, episodic=episodic, input_ndim=input_ndim)
         self.projector = projector
         self.ensemble = ensemble
         self.seed = int(seed)
@@ -203,20 +225,30 @@ class DDA(TTAMethod):
             input_ndim: Expected input rank.
 
         Raises:
-            ValueError: if no denoiser is given, or ``base="norm"`` on a model without BatchNorm.
+            TypeError: an option of the wrong type (e.g. ``start_step=2.5``, ``episodic="no"``).
+            ValueError: an option out of range (e.g. ``guidance_scale=nan``), no denoiser, or ``base="norm"``
+                on a model without BatchNorm.
         """
+        # every option is checked before the model is touched, so a rejected call changes nothing
+        if ensemble not in ENSEMBLES:
+            raise ValueError(f"unknown ensemble rule {ensemble!r}; choose one of {list(ENSEMBLES)}")
+        check_choice("base", base, ("source", "norm"))
+        _check_projection_options(num_train_steps, respacing, start_step, low_pass_factor, guidance_scale,
+                                  guidance_norm, chunk_size)
+        check_bool("resize", resize)
+        check_bool("fp16", fp16)
+        check_int("seed", seed)
+        check_base_options(episodic=episodic, input_ndim=input_ndim)
         if denoiser is None:
             raise ValueError(
                 "DDA needs a diffusion model trained on the source data: pass denoiser=<module or checkpoint path> "
                 "(for the embedded Fashion-MNIST model, eval/assets/fmnist_ddpm.pt, made by `tta train-diffusion`)"
             )
-        if base not in ("source", "norm"):
-            raise ValueError(f"base must be 'source' or 'norm', got {base!r}")
+        denoiser = as_denoiser(denoiser, use_fp16=fp16)
         if base == "norm":
             model = adapt_batchnorm(model, stats="batch")
             if not any(iter_adaptive(model)):
                 raise ValueError(f"base='norm' needs BatchNorm layers, and {type(model).__name__} has none")
-        denoiser = as_denoiser(denoiser, use_fp16=fp16)
         schedule = NoiseSchedule.linear(num_train_steps, respacing=respacing)
         projector = DiffusionProjector(
             denoiser, schedule, start_step=start_step, low_pass_factor=low_pass_factor,

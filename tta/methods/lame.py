@@ -41,7 +41,7 @@ Differences from the reference implementation:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +49,19 @@ from torch import Tensor, nn
 
 from tta.base import TTAMethod
 from tta.heads import split_classifier
+from tta.options import (
+    check_base_options,
+    check_bool,
+    check_choice,
+    check_int,
+    check_non_negative,
+    check_optional_str,
+)
 from tta.registry import register_adapter
 
 __all__ = [
     "LAME",
+    "AFFINITIES",
     "Affinity",
     "knn_affinity",
     "rbf_affinity",
@@ -63,6 +72,7 @@ __all__ = [
 ]
 
 Affinity = Literal["knn", "rbf", "linear"]
+AFFINITIES: tuple[str, ...] = get_args(Affinity)
 _EPS_LOG = 1e-10  # unary = -log(p + 1e-10), as in the official code
 _EPS_ENTROPY = 1e-20  # Y log Y with Y clipped at 1e-20, as in the official code
 
@@ -158,6 +168,20 @@ def laplacian_optimization(
     return y
 
 
+def _check_options(
+    affinity: object, knn: object, symmetrize: object, bound_lambda: object, max_steps: object, tol: object,
+    head: object,
+) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` for a LAME option out of its type or range."""
+    check_choice("affinity", affinity, AFFINITIES)
+    check_int("knn", knn, minimum=1)  # an int: it is a ``topk`` count
+    check_bool("symmetrize", symmetrize)
+    check_non_negative("bound_lambda", bound_lambda)  # 0: no Laplacian term, the frozen model's prediction
+    check_int("max_steps", max_steps, minimum=1)
+    check_non_negative("tol", tol)
+    check_optional_str("head", head)
+
+
 @register_adapter("lame")
 class LAME(TTAMethod):
     """LAME on a frozen classifier: corrects each batch's probabilities with a Laplacian over its features.
@@ -180,11 +204,9 @@ class LAME(TTAMethod):
         episodic: bool = False,
         input_ndim: int | None = 4,
     ) -> None:
+        _check_options(affinity, knn, symmetrize, bound_lambda, max_steps, tol, head)
+        check_base_options(episodic=episodic, input_ndim=input_ndim)
         super().__init__(model, episodic=episodic, input_ndim=input_ndim)
-        if affinity not in ("knn", "rbf", "linear"):
-            raise ValueError(f"unknown affinity {affinity!r}; choose 'knn', 'rbf' or 'linear'")
-        if knn < 1:
-            raise ValueError(f"knn must be >= 1, got {knn}")
         features, classifier = split_classifier(self.model, head)
         self._split = (features, classifier)  # tuple: both share the model's parameters, not registered twice
         self.affinity, self.knn, self.symmetrize = affinity, knn, symmetrize
@@ -245,7 +267,10 @@ class LAME(TTAMethod):
             input_ndim: Expected input rank.
 
         Raises:
-            ValueError: If the head cannot be found (the message names ``head=``).
+            TypeError: an option of the wrong type (e.g. ``knn=2.5``, ``episodic="no"``).
+            ValueError: an option out of range, or a head that cannot be found (the message names ``head=``).
         """
+        _check_options(affinity, knn, symmetrize, bound_lambda, max_steps, tol, head)  # before model.eval()
+        check_base_options(episodic=episodic, input_ndim=input_ndim)
         return cls(model.eval(), affinity=affinity, knn=knn, symmetrize=symmetrize, bound_lambda=bound_lambda,
                    max_steps=max_steps, tol=tol, head=head, episodic=episodic, input_ndim=input_ndim)

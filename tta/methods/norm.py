@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from adapters_bn import BNStats, adapt_batchnorm, iter_adaptive
+from adapters_bn import BN_STATS, BNStats, adapt_batchnorm, iter_adaptive
 from tta.base import TTAMethod
+from tta.options import check_base_options, check_choice, check_probability
 from tta.registry import register_adapter
 
 __all__ = ["Norm"]
@@ -72,8 +73,13 @@ class Norm(TTAMethod):
             input_ndim: Expected input rank (4 for images); ``None`` skips the check.
 
         Raises:
-            ValueError: if the model has no BatchNorm layer with running statistics.
+            TypeError: an option of the wrong type (e.g. ``momentum="0.1"``, ``episodic="no"``).
+            ValueError: an option out of range, or a model without BatchNorm layers with running statistics.
         """
+        check_base_options(episodic=episodic, input_ndim=input_ndim)  # all before the model is converted
+        check_choice("stats", stats, BN_STATS)
+        check_probability("momentum", momentum)
+        check_probability("prior", prior)
         model = adapt_batchnorm(model, stats=stats, momentum=momentum, prior=prior)
         if not any(iter_adaptive(model)):
             raise ValueError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from tta.base import TTAMethod
+from tta.options import check_input_ndim
 from tta.registry import register_adapter
 
 __all__ = ["Source"]
@@ -24,5 +25,11 @@ class Source(TTAMethod):
 
     @classmethod
     def from_model(cls, model: nn.Module, *, input_ndim: int | None = 4) -> Source:
-        """Wrap ``model`` unchanged."""
+        """Wrap ``model`` unchanged.
+
+        Raises:
+            TypeError: ``input_ndim`` is neither ``None`` nor an int.
+            ValueError: ``input_ndim`` below 1.
+        """
+        check_input_ndim(input_ndim)
         return cls(model, input_ndim=input_ndim)

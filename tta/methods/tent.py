@@ -32,9 +32,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from adapters_bn import BNStats, adapt_batchnorm
+from adapters_bn import BN_STATS, BNStats, adapt_batchnorm
 from tta.base import TTAMethod
 from tta.losses import softmax_entropy
+from tta.options import check_base_options, check_choice, check_non_negative, check_positive, check_probability
 from tta.params import norm_affine_parameters, requires_grad_only
 from tta.registry import register_adapter
 
@@ -68,14 +69,22 @@ def build_optimizer(
     weight_decay: float,
 ) -> torch.optim.Optimizer:
     """Update: the optimizer of Tent's configs (Adam for CIFAR, Nesterov SGD for ImageNet)."""
+    _check_optimizer_options(optimizer, lr, momentum, weight_decay)
     lr = _DEFAULT_LR[optimizer] if lr is None else lr
     if optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
-    if optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=momentum, dampening=0.0, weight_decay=weight_decay, nesterov=True
-        )
-    raise ValueError(f"unknown optimizer {optimizer!r}; choose 'adam' or 'sgd'")
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=0.0, weight_decay=weight_decay, nesterov=True)
+
+
+def _check_optimizer_options(optimizer: object, lr: object, momentum: object, weight_decay: object) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` for an optimizer option Tent cannot use."""
+    check_choice("optimizer", optimizer, _DEFAULT_LR)
+    if lr is not None:
+        check_positive("lr", lr)
+    check_probability("momentum", momentum)
+    if optimizer == "sgd" and momentum == 0:  # torch's Nesterov SGD needs a momentum
+        raise ValueError("momentum must be > 0 with optimizer='sgd' (Nesterov momentum), got 0")
+    check_non_negative("weight_decay", weight_decay)
 
 
 @register_adapter("tent")
@@ -138,7 +147,16 @@ class Tent(TTAMethod):
                 image's statistics are too noisy (a deviation from the paper, off by default).
             bn_momentum: EMA momentum of the BN statistics when ``stats="ema"``.
             input_ndim: Expected input rank (4 for images); ``None`` skips the check.
+
+        Raises:
+            TypeError: an option of the wrong type (e.g. ``episodic="no"``, ``steps=1.5``).
+            ValueError: an option out of range, or a model without normalization layers.
         """
+        # every option is checked before the model is touched, so a rejected call changes nothing
+        _check_optimizer_options(optimizer, lr, momentum, weight_decay)
+        check_base_options(steps=steps, episodic=episodic, input_ndim=input_ndim)
+        check_choice("stats", stats, BN_STATS)
+        check_probability("bn_momentum", bn_momentum)
         model = configure_model(model, stats, bn_momentum)
         opt = build_optimizer(collect_params(model), optimizer, lr, momentum, weight_decay)
         return cls(model, opt, steps=steps, episodic=episodic, input_ndim=input_ndim)
