@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from eval.models import with_normalization
+from tta._torch_load import read_torch_file
 
 __all__ = ["ModelSpec", "IMAGENET_MEAN", "IMAGENET_STD", "build_model", "load_weights", "file_digest"]
 
@@ -84,15 +85,17 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> nn.Module
         ValueError: the file does not fit the architecture (missing/unexpected keys are listed).
     """
     path = Path(weights)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
             f"weights file {path} not found. Nothing is downloaded: save the architecture's state_dict "
             f"(e.g. torchvision's released .pth file) at that path and pass it with --weights"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch_file(path, what="weights file")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state_dict (a dict of tensors)")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
         result = model.load_state_dict(state, strict=False)

@@ -17,7 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from eval.bench_spec import BenchSpec, resolve_device
+import torch
+
+import tta
+from eval.bench_spec import BenchSpec, check_device_available, resolve_device
 from eval.bench_work import BenchWork
 from eval.domains import Domain
 from eval.executors import BatchHook, Executor, FinishedCell, LocalExecutor, UnitFailure, UnitOutcome, WorkUnit
@@ -27,7 +30,8 @@ from eval.results import CellKey, Record, Results, ResultsStore
 from eval.stream_checkpoints import checkpoint_paths, discard, resumable
 from eval.suites import Suite, model_id, open_suite
 
-__all__ = ["BenchSpec", "BenchWork", "IncompleteBench", "run_bench", "plan_units", "model_id", "resolve_device"]
+__all__ = ["BenchSpec", "BenchWork", "IncompleteBench", "check_device_available", "check_methods", "open_bench",
+           "run_bench", "plan_units", "model_id", "resolve_device"]
 
 
 def plan_units(spec: BenchSpec) -> list[WorkUnit]:
@@ -43,6 +47,42 @@ def _key(spec: BenchSpec, suite: Suite, model: str, method: str, domain: Domain)
         method, dict(spec.options.get(method, {})), dataset=suite.name, model=model, protocol=spec.protocol_label,
         domain=domain, seed=spec.seed, batch_size=spec.batch_size, limit=spec.limit,
     )
+
+
+def check_methods(spec: BenchSpec, suite: Suite) -> None:
+    """Build each method's adapter once on the suite's model with its options, so a bad option fails before any work.
+
+    The adapters are built on deep copies (``tta.wrap`` never touches the model it is given) and the
+    global random state is restored afterwards, so the run's results are those it would have without
+    this check.
+
+    Raises:
+        ValueError: Naming the method and its options, if the method rejects them (``TypeError`` or
+            ``ValueError`` from :func:`tta.wrap`).
+    """
+    for method in spec.methods:
+        options = dict(spec.options.get(method, {}))
+        with torch.random.fork_rng(devices=[]):
+            try:
+                tta.wrap(suite.model, method, **{**suite.method_defaults(method), **options})
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"method {method!r} rejects its options {options}: {error}") from error
+
+
+def open_bench(spec: BenchSpec) -> Suite:
+    """Open the spec's suite and check everything a run needs, before any work: data, model and method options.
+
+    Returns:
+        The opened suite, to pass to :func:`run_bench`.
+
+    Raises:
+        FileNotFoundError: If a data file, the model or another file an option names is missing.
+        ValueError: If a file is unreadable or a method rejects its options (see :func:`check_methods`).
+    """
+    suite = open_suite(spec.suite)
+    suite.check(spec.domains)
+    check_methods(spec, suite)
+    return suite
 
 
 class IncompleteBench(RuntimeError):
@@ -71,6 +111,7 @@ def run_bench(
     on_unit: Callable[[UnitOutcome, int], None] | None = None,
     stream_states: Path | None = None,
     on_cell: Callable[[FinishedCell, int], None] | None = None,
+    suite: Suite | None = None,
 ) -> Results:
     """Run every unit whose cells are not all stored yet; return the records of the whole spec.
 
@@ -90,13 +131,14 @@ def run_bench(
             :mod:`eval.stream_checkpoints`), so that a stream that failed or was interrupted after
             some domains resumes there, both when the executor retries it and on a rerun; ``None``
             recomputes an unfinished stream from its start. The CLI uses ``<results>.streams``.
+        suite: The suite as :func:`open_bench` opened and checked it; ``None`` opens and checks it here.
 
     Raises:
+        FileNotFoundError, ValueError: Before any work, as :func:`open_bench` (when ``suite`` is not given).
         IncompleteBench: After every other unit ran, if some unit failed after all retries.
     """
     executor = executor if executor is not None else LocalExecutor()
-    suite = open_suite(spec.suite)
-    suite.check(spec.domains)
+    suite = suite if suite is not None else open_bench(spec)
     model_name = suite.model_name + ("" if spec.runtime == "torch" else f"+{spec.runtime}")
     keys = {(m, d): _key(spec, suite, model_name, m, d) for m in spec.methods for d in spec.domains}
     units = [_with_checkpoints(u, [keys[u.method, d] for d in u.domains], spec, stream_states)

@@ -9,7 +9,6 @@ The embedded default source model is :func:`fmnist_resnet`, trained by
 from __future__ import annotations
 
 import os
-import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 
 from eval.datasets.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from tta._io import atomic_torch_save
+from tta._torch_load import read_torch_file
 
 __all__ = [
     "ARCH",
@@ -205,10 +205,7 @@ def save_checkpoint(path: str | os.PathLike[str], record: Mapping[str, object]) 
 
 
 def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, object]:
-    try:
-        record = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        raise ValueError(f"{path} is not a readable torch checkpoint ({type(error).__name__}: {error})") from error
+    record = read_torch_file(path, map_location=map_location, what="source-model checkpoint")
     if not isinstance(record, dict) or any(key not in record for key in CHECKPOINT_KEYS):
         found = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise ValueError(
@@ -233,10 +230,10 @@ def load_source_model(
 
     Raises:
         FileNotFoundError: If the checkpoint file does not exist.
-        ValueError: If the file is not a checkpoint of this architecture.
+        ValueError: If the path is a folder, or the file is unreadable or not a checkpoint of this architecture.
     """
     path = Path(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
             f"source-model checkpoint {path} not found; train one with "
             f"`tta train-source --epochs 10 --lr 0.1 --out {path}` or pass the path of an existing one"

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from eval.baselines import ALEXNET_ERRORS
 from eval.domains import Domain
@@ -94,9 +94,15 @@ def _grouped_bars(table: Mapping[str, Mapping[K, float]], groups: Sequence[K], l
     ax.set_title(title)
     ax.legend(fontsize=legend_fontsize)
     fig.tight_layout()
+    _save(plt, fig, path)
+    return Path(path)
+
+
+def _save(plt: ModuleType, fig: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``fig`` to ``path`` (its missing folders created, the format from its extension) and close it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return Path(path)
 
 
 def _pyplot() -> ModuleType:
@@ -131,6 +137,5 @@ def plot_error_over_domains(results: Results, path: str | os.PathLike[str], *, t
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
     return Path(path)

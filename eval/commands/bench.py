@@ -6,21 +6,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from eval.bench import BenchSpec, IncompleteBench, run_bench
+from eval.bench import BenchSpec, IncompleteBench, check_device_available, open_bench, run_bench
 from eval.stream_checkpoints import states_folder
 from eval.commands.errors import CLIError
 from eval.commands.options import parse_options, split_csv
+from eval.commands.paths import check_output_file
 from eval.commands.progress import BenchProgress, progress_bar
 from eval.corruptions import DEFAULT_CORRUPTIONS, list_corruptions
 from eval.executors import EXECUTORS, Executor, create_executor
 from eval.models import DEFAULT_CHECKPOINT
 from eval.protocols import list_protocols
 from eval.results import Results, ResultsStore
-from eval.suites import DATASETS, SuiteSpec
+from eval.suites import DATASETS, Suite, SuiteSpec
 
 NAME = "bench"
 HELP = "score methods on a corruption benchmark (default: Fashion-MNIST-C)"
 DEFAULT_RESULTS = Path("results") / "tta-results.sqlite"
+OUT_FORMATS = (".json", ".csv", ".md")
+"""Extensions ``--out`` writes: the records as JSON or CSV, or the markdown table."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,7 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continual-like streams: save the adapter's state after each domain in <results>.streams/ "
                         "so an interrupted stream resumes at its first missing domain (one file per running "
                         "stream, deleted when the stream is stored)")
-    p.add_argument("--out", type=Path, default=None, help="also write the table's records (.json, .csv or .md)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write the records (.json or .csv) or the markdown table (.md), chosen by extension")
 
 
 
@@ -172,10 +176,30 @@ def _float_tuple(text: str, flag: str) -> tuple[float, ...]:
 
 
 def write_results(results: Results, path: Path) -> None:
-    """Write records as JSON or CSV by suffix, else the markdown table."""
-    text = {".json": results.to_json, ".csv": results.to_csv}.get(path.suffix, results.to_markdown)()
+    """Write records as JSON or CSV, or the markdown table, by the extension (one of :data:`OUT_FORMATS`)."""
+    check_output_file(path, "--out", suffixes=OUT_FORMATS)
+    text = {".json": results.to_json, ".csv": results.to_csv, ".md": results.to_markdown}[path.suffix.lower()]()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def check_args(args: argparse.Namespace) -> tuple[BenchSpec, Suite]:
+    """Check every flag, output path, file and method option before any work; return the spec and its opened suite.
+
+    Raises:
+        CLIError, ValueError, FileNotFoundError: For the first problem found, nothing written yet.
+    """
+    try:
+        spec = build_spec(args)
+    except ImportError as error:  # --runtime onnx without the onnx extra
+        raise CLIError(str(error)) from None
+    _check_executor_flags(args)
+    check_output_file(args.results, "--results")
+    if args.out is not None:
+        check_output_file(args.out, "--out", suffixes=OUT_FORMATS)
+    if args.executor != "ray":  # Ray units run on the cluster's nodes, which may have devices this one lacks
+        check_device_available(spec.device)
+    return spec, open_bench(spec)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -184,24 +208,21 @@ def run(args: argparse.Namespace) -> int:
     Returns 0 when every cell is stored, 1 when some units failed after their retries (the others
     are stored and listed), 130 when interrupted (finished cells are kept).
     """
-    try:
-        spec = build_spec(args)
-    except ImportError as error:  # --runtime onnx without the onnx extra
-        raise CLIError(str(error)) from None
+    spec, suite = check_args(args)
     executor = build_executor(args)
     try:
-        return _run_with(args, spec, executor)
+        return _run_with(args, spec, suite, executor)
     finally:
         executor.close()
 
 
-def _run_with(args: argparse.Namespace, spec: BenchSpec, executor: Executor) -> int:
+def _run_with(args: argparse.Namespace, spec: BenchSpec, suite: Suite, executor: Executor) -> int:
     """Run the benchmark with ``executor``, store and print it (see :func:`run` for the exit statuses)."""
-    progress = BenchProgress(progress_bar("bench", "batch"))
     status = 0
-    with ResultsStore(args.results) as store:
+    with ResultsStore(args.results) as store:  # opened (and checked) before the bar draws its first line
+        progress = BenchProgress(progress_bar("bench", "batch"))
         try:
-            results = run_bench(spec, store, executor=executor,
+            results = run_bench(spec, store, executor=executor, suite=suite,
                                 on_start=lambda total, stored: progress.start(total, stored, where=str(args.results)),
                                 on_batch=progress.batch, on_unit=progress.unit, on_cell=progress.cell,
                                 stream_states=states_folder(args.results) if args.stream_states else None)

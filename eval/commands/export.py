@@ -9,6 +9,7 @@ import torch
 
 from eval.commands.errors import CLIError
 from eval.commands.options import parse_options
+from eval.commands.paths import check_output_file
 from eval.models import DEFAULT_CHECKPOINT
 
 NAME = "export"
@@ -78,13 +79,20 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--adapt-on adapts in PyTorch before a frozen export; an adaptive graph adapts on the device")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.method not in tta.list_methods():
+        raise CLIError(f"unknown method {args.method!r}; available: {tta.list_methods()}")
+    check_output_file(args.out, "--out")
     options = parse_options(args.option, [args.method])[args.method]
     lame = None
     if args.lame_head is not None:
         from tta.export import LameGraph
 
         lame = LameGraph(head=args.lame_head, knn=args.lame_knn, steps=args.lame_steps)
-    adapter = tta.wrap(load_source_model(args.checkpoint), args.method, **options)
+    model = load_source_model(args.checkpoint)
+    try:
+        adapter = tta.wrap(model, args.method, **options)
+    except (TypeError, ValueError) as error:
+        raise CLIError(f"method {args.method!r} rejects its options {options}: {error}") from None
     if args.adapt_on is not None:
         example = _adapt(adapter, args)
     else:

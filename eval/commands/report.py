@@ -7,12 +7,15 @@ from pathlib import Path
 
 from eval.commands.bench import DEFAULT_RESULTS
 from eval.commands.errors import CLIError
+from eval.commands.paths import check_output_file
 from eval.report import markdown_report, plot_error_over_domains, plot_errors, plot_protocols, protocol_table
 from eval.results import METRICS, Results, ResultsStore
 
 NAME = "report"
 HELP = "render tables and plots from a results store"
 _FILTERS = ("method", "dataset", "protocol", "severity", "seed", "batch_size", "model")
+PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff")
+"""Extensions the plot flags write (matplotlib picks the figure format from the extension)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the table in the chosen format and write the requested plots."""
+    for flag in ("--plot", "--plot-protocols", "--plot-stream"):
+        path = getattr(args, flag[2:].replace("-", "_"))
+        if path is not None:
+            check_output_file(path, flag, suffixes=PLOT_FORMATS)
     if not args.results.is_file():
         raise CLIError(f"no results store at {args.results}; run `tta bench --results {args.results}` first")
     filters = {name: getattr(args, name) for name in _FILTERS if getattr(args, name) is not None}

@@ -99,7 +99,7 @@ def test_load_source_model_missing_file_says_how_to_fix(tmp_path: Path) -> None:
 def test_load_source_model_rejects_non_checkpoints(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
+    with pytest.raises(ValueError, match="garbage.pt is not readable: corrupt or not a file written by torch.save"):
         load_source_model(garbage)
     bare = tmp_path / "bare.pt"
     torch.save(fmnist_resnet(width=4).state_dict(), bare)

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from tta._io import atomic_torch_save
+from tta._torch_load import read_torch_file
 from tta.projection._adm_blocks import GroupNorm32, timestep_embedding, zero_
 from tta.projection._adm_levels import BlockFactory, build_input_blocks, build_middle_block, build_output_blocks
 from tta.projection.adm_config import ADMConfig, imagenet_256_uncond_config
@@ -213,8 +214,9 @@ def load_adm(
 
     Raises:
         FileNotFoundError: if ``path`` does not exist; the message says where to get the official file.
-        ValueError: if the file's keys or shapes do not match the configuration (the first few are
-            listed), its layout is not one of the two above, or its config disagrees with ``config``.
+        ValueError: if the file is truncated or not a weights-only torch file, its keys or shapes do not
+            match the configuration (the first few are listed), its layout is not one of the two above,
+            or its config disagrees with ``config``.
     """
     path = Path(path)
     if not path.is_file():
@@ -224,7 +226,7 @@ def load_adm(
             f"{ADM_256_UNCOND_URL}), put it anywhere (e.g. ./models/{ADM_256_UNCOND_FILENAME}) and pass that path "
             "here or to the command line's diffusion-checkpoint option."
         )
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    payload = read_torch_file(path, map_location=map_location, what="ADM diffusion checkpoint")
     state_dict, file_config = _split_payload(payload, path)
     if config is None:
         config = file_config or imagenet_256_uncond_config()

@@ -1,0 +1,38 @@
+"""Checks of the files a command will write, made before any work so a bad path costs nothing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from pathlib import Path
+
+from eval.commands.errors import CLIError
+
+__all__ = ["check_output_file"]
+
+
+def check_output_file(path: Path, flag: str, *, suffixes: Collection[str] | None = None) -> None:
+    """Raise if ``path`` cannot be written as a file; nothing is created.
+
+    Args:
+        path: The file the command will write (its missing folders are created then).
+        flag: The option that gave it, for the message (e.g. ``--out``).
+        suffixes: The accepted extensions, lower case with the dot (``None``: any).
+
+    Raises:
+        CLIError: If ``path`` is a folder, a folder above it is a file or not writable, or its
+            extension is not one of ``suffixes``.
+    """
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise CLIError(f"{flag} {path}: unsupported extension {path.suffix or '(none)'!r}; "
+                       f"use one of {', '.join(sorted(suffixes))}")
+    if path.is_dir():
+        raise CLIError(f"{flag} {path} is a folder; pass a file path")
+    for parent in path.absolute().parents:  # the nearest existing folder is where files get created
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            raise CLIError(f"{flag} {path}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise CLIError(f"{flag} {path}: cannot write in {parent} (permission denied)")
+        return
