@@ -9,7 +9,7 @@ from eval.commands.bench import DEFAULT_RESULTS
 from eval.commands.errors import CLIError
 from eval.commands.paths import check_output_file
 from eval.report import markdown_report, plot_error_over_domains, plot_errors, plot_protocols, protocol_table
-from eval.results import METRICS, Results, ResultsStore
+from eval.results import METRICS, Record, Results, ResultsStore
 
 NAME = "report"
 HELP = "render tables and plots from a results store"
@@ -33,7 +33,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write a PNG line plot of error along the stream (continual protocols)")
     for name in _FILTERS:
         kind = int if name in ("severity", "seed", "batch_size") else str
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=f"keep only this {name}")
+        what = "stored dataset id (e.g. fmnist-c/corruptions-v2)" if name == "dataset" else name
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=f"keep only this {what}")
+
+
+def _stored_values(records: list[Record], filters: dict[str, object]) -> str:
+    """Return ``"; stored <filter> values: ..."`` for each filter, so a mistyped value shows what to use."""
+    parts = []
+    for name in filters:
+        values = sorted({str(getattr(record.key, name)) for record in records})
+        if values:
+            parts.append(f"stored {name} values: {', '.join(values)}")
+    return "".join(f"; {part}" for part in parts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     filters = {name: getattr(args, name) for name in _FILTERS if getattr(args, name) is not None}
     with ResultsStore(args.results) as store:
         results = Results(store.records(**filters))
+        stored = store.records() if not results else []
     if not results:
-        raise CLIError(f"no records in {args.results} match {filters or 'anything'}")
+        raise CLIError(f"no records in {args.results} match {filters or 'anything'}{_stored_values(stored, filters)}")
     if args.by_protocol:
         markdown = lambda: protocol_table(results)  # noqa: E731
     elif args.metric != "error":

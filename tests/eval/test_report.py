@@ -53,6 +53,12 @@ def test_report_on_missing_store_is_clear(tmp_path: Path, capsys) -> None:  # ty
     assert "run `tta bench" in capsys.readouterr().err
 
 
+def test_report_filter_matching_nothing_lists_the_stored_values(store_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["report", "--results", str(store_path), "--dataset", "fmnist", "--method", "norm"]) == 2
+    err = capsys.readouterr().err
+    assert "stored dataset values: fmnist-c" in err and "stored method values: norm, source" in err
+
+
 def test_protocol_table_averages_each_protocols_cells(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("matplotlib")
     path = tmp_path / "p.sqlite"
