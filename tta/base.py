@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor, nn
 
 from adapters_bn import freeze_statistics
 from tta import state
+from tta._caller import warn_at_caller
 from tta.inputs import batch_statistics_advice, check_against_model, check_batch, check_grad_allowed
-from tta.rollback import rolled_back_on_error
+from tta.options import check_base_options
+from tta.outputs import check_finite_logits, check_logits, logits_checked
+from tta.rollback import model_errors_explained, rolled_back_on_error
 from tta.snapshot import Snapshot, restore_snapshot, take_snapshot
 
 __all__ = ["TTAMethod", "check_batch"]  # check_batch: re-exported from tta.inputs
@@ -27,7 +29,8 @@ class TTAMethod(nn.Module):
     Subclasses implement :meth:`adapt_step` (one update on ``x``, returning logits), register their
     optimizers in ``self.optimizers`` and call :meth:`snapshot` at the end of ``__init__``. All state
     lives in parameters, buffers and optimizer state, so the snapshot is complete. The wrapped model
-    is put in ``eval()`` (dropout off); normalization modes are set explicitly by each method.
+    is put in ``eval()`` (dropout off) and stays there: ``train()`` on the wrapper does not recurse into
+    it. Normalization modes are set explicitly by each method.
     """
 
     uses_grad: ClassVar[bool] = False
@@ -36,8 +39,7 @@ class TTAMethod(nn.Module):
         self, model: nn.Module, *, steps: int = 1, episodic: bool = False, input_ndim: int | None = 4
     ) -> None:
         super().__init__()
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        check_base_options(steps=steps, episodic=episodic, input_ndim=input_ndim)
         self.model = model.eval()
         self.steps = steps
         self.episodic = episodic
@@ -69,32 +71,29 @@ class TTAMethod(nn.Module):
         """Predict on ``x`` and adapt on it: episodic reset, then ``steps`` adaptation steps.
 
         Thread-safe: concurrent calls are serialized, so each sees the state left by a whole previous
-        call. A rejected batch (bad shape, dtype, NaN/Inf, empty) raises before any state changes.
+        call. A rejected batch (bad shape, dtype, device, NaN/Inf, empty) or a model that does not return
+        logits ``(B, num_classes)`` raises before any state changes (episodic reset included).
         """
         check_batch(x, self.input_ndim)
         with self._lock:
+            check_against_model(self.model, x)
+            if self._frozen:
+                with torch.no_grad(), model_errors_explained(self, x), logits_checked(self.model):
+                    return check_logits(self.predict(x), x.shape[0])
             return self._forward_locked(x)
 
     def _forward_locked(self, x: Tensor) -> Tensor:
-        if self._frozen:
-            with torch.no_grad():
-                return self.predict(x)
-        if self.episodic:
-            self.reset()
         if self.uses_grad:
             check_grad_allowed(type(self).__name__)
-        check_against_model(self.model, x)
+        if self.episodic:
+            self.reset()
         if x.shape[0] == 1:
             self._warn_batch_of_one()
-        with rolled_back_on_error(self, x):
+        with rolled_back_on_error(self, x), logits_checked(self.model):
             with torch.enable_grad() if self.uses_grad else torch.no_grad():
                 for _ in range(self.steps):
                     logits = self.adapt_step(x)
-            if not torch.isfinite(logits).all():
-                raise ValueError(
-                    f"{type(self).__name__}: the model's logits are not finite on this batch (values too large "
-                    f"for {x.dtype}?); the batch was rejected and nothing was adapted"
-                )
+            check_finite_logits(type(self).__name__, check_logits(logits, x.shape[0]), x)
         return logits.detach()
 
     def batch_of_one_advice(self) -> str | None:
@@ -102,12 +101,17 @@ class TTAMethod(nn.Module):
         return batch_statistics_advice(type(self).__name__, self.model)
 
     def _warn_batch_of_one(self) -> None:
-        if self._warned_batch_of_one:
-            return
-        advice = self.batch_of_one_advice()
+        advice = None if self._warned_batch_of_one else self.batch_of_one_advice()
         if advice is not None:
             self._warned_batch_of_one = True
-            warnings.warn(advice, RuntimeWarning, stacklevel=4)
+            warn_at_caller(advice)
+
+    def train(self, mode: bool = True) -> Self:
+        """Set only this wrapper's flag: the model stays in ``eval()`` (dropout off), each method sets its modes."""
+        if not isinstance(mode, bool):
+            raise ValueError(f"training mode must be a bool, got {mode!r}")
+        self.training = mode
+        return self
 
     def snapshot(self) -> None:
         """Capture the current state (parameters, buffers, optimizer states) as the reset point."""

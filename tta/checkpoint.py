@@ -19,9 +19,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from tta._io import check_writable_path
 from tta.base import TTAMethod
+from tta.guard import CollapseGuard
 from tta.state import load_state, save_state
 
 __all__ = ["PeriodicCheckpoint", "resume"]
@@ -36,21 +39,26 @@ class PeriodicCheckpoint:
     per batch whatever its size, and a batch is the unit a restart can lose. The counter lives in
     this object, not in the saved state, so after a restart it starts again from zero.
 
+    A periodic write that fails (disk full, folder removed) never costs the batch its prediction:
+    the error is logged with ``logger.error``, counted in :attr:`failures`, and the next write
+    tries again. Find the object of a wrapper with :meth:`of`.
+
     Args:
         path: The checkpoint file; written by :func:`tta.state.save_state` (write, then rename).
         every: Batches between two writes, at least 1.
 
     Raises:
-        ValueError: if ``every`` is below 1.
+        ValueError: if ``every`` is below 1, or ``path`` is a folder, empty, or lies under a file.
     """
 
     def __init__(self, path: str | os.PathLike[str], every: int = 1000) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"checkpoint_every must be a whole number of batches >= 1, got {every!r}")
-        self.path = Path(path)
+        self.path = check_writable_path(path)
         self.every = every
         self.batches = 0  # adapted batches seen since this object was attached
         self.writes = 0
+        self.failures = 0  # periodic writes that raised (logged); the adapter kept its prediction
         self.enabled = True
 
     def __deepcopy__(self, memo: dict[int, Any]) -> PeriodicCheckpoint:
@@ -77,7 +85,25 @@ class PeriodicCheckpoint:
                 return
             self.batches += 1
             if self.batches % self.every == 0:
-                self.save(adapter)
+                self._save_or_log(adapter)
+
+    def _save_or_log(self, adapter: TTAMethod) -> None:
+        try:
+            self.save(adapter)
+        except Exception as error:  # any failure: the batch's logits must still reach the caller
+            self.failures += 1
+            logger.error("checkpoint write to %s failed after %d batches (%d failure(s) so far); adaptation "
+                         "goes on and the next write tries again: %s", self.path, self.batches, self.failures, error)
+
+    @staticmethod
+    def of(adapted: nn.Module) -> PeriodicCheckpoint | None:
+        """Return the checkpoint attached to ``adapted`` (a method, or a guard around one), or ``None``.
+
+        Example: ``PeriodicCheckpoint.of(tta.wrap(model, "tent", checkpoint="s.pt")).failures``.
+        """
+        adapter = adapted.adapter if isinstance(adapted, CollapseGuard) else adapted
+        owners = (getattr(hook, "__self__", None) for hook in adapter._forward_hooks.values())
+        return next((owner for owner in owners if isinstance(owner, PeriodicCheckpoint)), None)
 
     def save(self, adapter: TTAMethod) -> Path:
         """Write ``adapter``'s state now (also called every ``every`` batches); returns the path."""

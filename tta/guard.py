@@ -104,6 +104,14 @@ class CollapseGuard(nn.Module):
             self.adapter.reset()
         self.stopped = self.policy == "freeze"
 
+    def train(self, mode: bool = True) -> CollapseGuard:
+        """Set the guard's and the method's flags only: the source copy stays in ``eval()`` (as in TTAMethod)."""
+        if not isinstance(mode, bool):
+            raise ValueError(f"training mode must be a bool, got {mode!r}")
+        self.training = mode
+        self.adapter.train(mode)
+        return self
+
     def resume(self) -> None:
         """Allow adaptation again after a ``freeze``."""
         self.stopped = False

@@ -24,10 +24,19 @@ def check_batch(x: Tensor, ndim: int | None = 4) -> None:
     if not x.is_floating_point():
         raise TypeError(f"expected a floating-point batch, got dtype {x.dtype}; convert images with x.float() / 255")
     if ndim is not None and x.dim() != ndim:
-        raise ValueError(f"expected a {ndim}-D batch (B, C, H, W), got shape {tuple(x.shape)}")
+        layout = " (B, C, H, W)" if ndim == 4 else ""
+        raise ValueError(f"expected a {ndim}-D batch{layout}, got shape {tuple(x.shape)}")
+    if x.dim() == 0:
+        raise ValueError("expected a batch with a leading batch dimension, got a 0-D tensor (a single number)")
+    if x.is_meta:
+        raise ValueError(f"batch of shape {tuple(x.shape)} is on the meta device and holds no values; "
+                         "pass a batch with data (on the model's device)")
     if x.shape[0] == 0:
         raise ValueError("empty batch: nothing to predict or adapt on")
-    low, high = torch.aminmax(x)  # one pass, no temporaries; NaN propagates, and an infinity is an extreme
+    if x.numel() == 0:
+        raise ValueError(f"batch of shape {tuple(x.shape)} has an empty dimension; every dimension must be >= 1")
+    # detach: a batch that requires grad would make float() warn; one pass, no temporaries; NaN propagates
+    low, high = torch.aminmax(x.detach())
     if not (math.isfinite(float(low)) and math.isfinite(float(high))):
         raise ValueError("batch contains NaN or Inf values; refusing to adapt on it")
 

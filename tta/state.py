@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tta._io import atomic_torch_save
+from tta.snapshot import restore_snapshot, take_snapshot
+from tta.state_record import (
+    RELATIVE_STATE_FORMAT, STATE_FORMAT, check_fits, check_optimizers, check_record, optimizer_settings,
+)
 
 if TYPE_CHECKING:
     from tta.base import TTAMethod
     from tta.snapshot import Snapshot
 
 __all__ = ["save_state", "load_state", "STATE_FORMAT", "RELATIVE_STATE_FORMAT"]
-
-STATE_FORMAT = 1
-RELATIVE_STATE_FORMAT = 2  # a state saved relative to its source snapshot
 
 
 def _on_cpu(value: Any) -> Any:
@@ -57,6 +58,7 @@ def save_state(adapter: TTAMethod, path: str | os.PathLike[str], *, relative_to_
         "format": STATE_FORMAT,
         "method": type(adapter).__name__,
         "optimizers": [_on_cpu(opt.state_dict()) for opt in adapter.optimizers],
+        "optimizer_settings": [optimizer_settings(opt) for opt in adapter.optimizers],
     }
     if relative_to_source:
         source, source_optimizers = adapter._snapshot
@@ -101,9 +103,13 @@ def _digest_into(digest: Any, value: Any) -> None:
 def load_state(adapter: TTAMethod, path: str | os.PathLike[str]) -> TTAMethod:
     """Restore a state written by :func:`save_state` into ``adapter``, bit for bit; returns ``adapter``.
 
+    All or nothing: a file that is refused, or a load that fails half-way, leaves the adapter's
+    parameters, buffers, optimizer states and reset snapshot exactly as they were.
+
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not an adaptation state, or belongs to another method or architecture.
+        ValueError: the file is not an adaptation state, or belongs to another method, architecture,
+            optimizer class or optimizer settings (learning rate, betas, ...).
     """
     path = Path(path)
     if not path.is_file():
@@ -112,26 +118,34 @@ def load_state(adapter: TTAMethod, path: str | os.PathLike[str]) -> TTAMethod:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for foreign or damaged files
         raise ValueError(f"{path} is not a readable adaptation state: {error}") from error
-    if not isinstance(record, dict) or record.get("format") not in (STATE_FORMAT, RELATIVE_STATE_FORMAT):
-        raise ValueError(f"{path} is not an adaptation state (format {STATE_FORMAT}) written by save_state")
-    if record["method"] != type(adapter).__name__:
-        raise ValueError(f"{path} holds the state of {record['method']}, not of {type(adapter).__name__}")
-    if len(record["optimizers"]) != len(adapter.optimizers):
-        raise ValueError(f"{path} has {len(record['optimizers'])} optimizer state(s); the method has {len(adapter.optimizers)}")
+    check_record(path, record, type(adapter).__name__, len(adapter.optimizers))
     module = record["module"]
     if record["format"] == RELATIVE_STATE_FORMAT:
         module = _with_source(adapter, path, record)
+    check_fits(path, module, adapter.state_dict())
+    if record["format"] == STATE_FORMAT:
+        check_fits(path, record["snapshot"][0], adapter.state_dict())
+    check_optimizers(path, record, adapter)
+    _load_all_or_nothing(adapter, path, module, record)
+    return adapter
+
+
+def _load_all_or_nothing(adapter: TTAMethod, path: Path, module: dict[str, Any], record: dict[str, Any]) -> None:
+    """Load the checked ``record`` into ``adapter``; on any failure put everything back and raise ``ValueError``."""
+    before, reset_point = take_snapshot(adapter, adapter.optimizers), adapter._snapshot
     try:
         adapter.load_state_dict(module)
-    except RuntimeError as error:
-        raise ValueError(f"{path} does not fit this model: {error}") from error
-    for opt, opt_state in zip(adapter.optimizers, record["optimizers"]):
-        opt.load_state_dict(opt_state)
-    if record["format"] == STATE_FORMAT:
-        device = next((t.device for t in adapter.state_dict().values()), torch.device("cpu"))
-        state, optimizer_states = record["snapshot"]
-        adapter._snapshot = ({k: v.to(device) for k, v in state.items()}, optimizer_states)
-    return adapter
+        for opt, opt_state in zip(adapter.optimizers, record["optimizers"]):
+            opt.load_state_dict(opt_state)
+        if record["format"] == STATE_FORMAT:
+            device = next((t.device for t in adapter.state_dict().values()), torch.device("cpu"))
+            state, optimizer_states = record["snapshot"]
+            adapter._snapshot = ({k: v.to(device) for k, v in state.items()}, optimizer_states)
+    except Exception as error:  # torch raises RuntimeError, KeyError, ValueError for states that do not fit
+        restore_snapshot(adapter, adapter.optimizers, before)
+        adapter._snapshot = reset_point
+        raise ValueError(f"{path} does not fit this {type(adapter).__name__} ({type(error).__name__}: {error}); "
+                         "nothing was changed") from error
 
 
 def _with_source(adapter: TTAMethod, path: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:

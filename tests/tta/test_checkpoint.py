@@ -121,3 +121,34 @@ def test_a_copied_adapter_does_not_write_the_originals_checkpoint(tmp_path: Path
     assert path.read_bytes() == written  # only the original writes its file
     adapter(_batch(3))
     assert path.read_bytes() != written
+
+
+def test_checkpoint_path_is_checked_at_wrap_time(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match="afile'? is a file, not a folder"):
+        tta.wrap(tiny_classifier(), "tent", checkpoint=tmp_path / "afile" / "ck.pt", checkpoint_every=1)
+    with pytest.raises(ValueError, match="it is a folder"):
+        tta.wrap(tiny_classifier(), "tent", checkpoint=tmp_path, checkpoint_every=1)
+    tta.wrap(tiny_classifier(), "norm", checkpoint=tmp_path / "new" / "ck.pt")  # a missing folder is created later
+
+
+def test_failed_checkpoint_write_keeps_the_prediction_and_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.pt"
+    adapter = tta.wrap(tiny_classifier(), "tent", checkpoint=path, checkpoint_every=1)
+    reference = tta.wrap(tiny_classifier(), "tent")
+
+    def full_disk(obj: object, handle: io.BufferedWriter) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tta._io.torch, "save", full_disk)
+    for seed in range(2):
+        assert torch.equal(adapter(_batch(seed)), reference(_batch(seed)))  # logits returned, adaptation kept
+    saver = PeriodicCheckpoint.of(adapter)
+    assert saver is not None and saver.failures == 2 and saver.writes == 0
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "No space left" in r.getMessage()]
+    assert len(errors) == 2 and str(path) in errors[0].getMessage()
+    monkeypatch.undo()
+    adapter(_batch(2))
+    assert saver.writes == 1 and path.exists() and [p.name for p in tmp_path.iterdir()] == ["state.pt"]

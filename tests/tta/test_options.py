@@ -182,3 +182,13 @@ def test_options_are_checked_on_the_constructor_path_too() -> None:
 
     with pytest.raises(TypeError, match="knn must be an int"):
         LAME(tiny_classifier(), knn=2.5, head="8")  # type: ignore[arg-type]
+
+
+def test_direct_construction_checks_the_shared_options() -> None:
+    from tta.methods.tent import Tent
+
+    model = tiny_classifier()
+    with pytest.raises(TypeError, match="steps must be"):
+        Tent(model, torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), steps=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="input_ndim must be None or an int"):
+        Tent(model, torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), input_ndim="4")  # type: ignore[arg-type]

@@ -124,3 +124,85 @@ def test_threads_hammering_one_wrapper_are_serialized() -> None:
     assert not errors
     steps = {int(s["step"]) for s in adapter.optimizer.state_dict()["state"].values()}
     assert steps == {30}, "every call made exactly one optimizer step on every parameter"
+
+
+def _net(width: int = 8) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, width, 3), torch.nn.BatchNorm2d(width), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(width, 10),
+    ).eval()
+
+
+def _everything(adapter: tta.TTAMethod) -> tuple[dict[str, torch.Tensor], list[object], object]:
+    """The module state, optimizer states and reset snapshot, as comparable copies."""
+    return clone_state(adapter), [repr(opt.state_dict()) for opt in adapter.optimizers], repr(adapter._snapshot)
+
+
+def test_refused_load_changes_nothing_even_where_tensors_fit(tmp_path: Path) -> None:
+    tta.wrap(_net(8), "tent").save_state(tmp_path / "narrow.pt")
+    wide = tta.wrap(_net(16), "tent")  # the BN's num_batches_tracked has the same shape in both
+    wide(_batch(0))
+    before = _everything(wide)
+    with pytest.raises(ValueError, match=r"does not fit this model: .*shape \(8, 3, 3, 3\) in the file"):
+        wide.load_state(tmp_path / "narrow.pt")
+    assert _everything(wide)[0].keys() == before[0].keys()
+    assert state_equal(_everything(wide)[0], before[0]) and _everything(wide)[1:] == before[1:]
+
+
+@pytest.mark.parametrize(("saved", "loaded", "message"), [
+    ({"optimizer": "sgd"}, {}, "state of optimizer SGD; this Tent uses optimizer Adam"),
+    ({}, {"optimizer": "sgd"}, "state of optimizer Adam; this Tent uses optimizer SGD"),
+    ({}, {"lr": 0.5}, "saved with optimizer settings lr=0.001, this Tent has lr=0.5"),
+])
+def test_load_refuses_another_optimizer_or_its_settings(
+    tmp_path: Path, saved: dict[str, object], loaded: dict[str, object], message: str
+) -> None:
+    tta.wrap(tiny_classifier(), "tent", **saved).save_state(tmp_path / "s.pt")
+    adapter = tta.wrap(tiny_classifier(), "tent", **loaded)
+    adapter(_batch(0))
+    before = _everything(adapter)
+    with pytest.raises(ValueError, match=message):
+        adapter.load_state(tmp_path / "s.pt")
+    assert state_equal(_everything(adapter)[0], before[0]) and _everything(adapter)[1:] == before[1:]
+    assert adapter(_batch(1)).shape == (8, 10)  # still usable, no reset needed
+
+
+def test_state_written_before_optimizer_settings_were_recorded(tmp_path: Path) -> None:
+    adapter = tta.wrap(tiny_classifier(), "tent", optimizer="sgd")
+    adapter(_batch(0))
+    adapter.save_state(tmp_path / "s.pt")
+    record = torch.load(tmp_path / "s.pt", weights_only=True)
+    del record["optimizer_settings"]
+    torch.save(record, tmp_path / "old.pt")
+    same = tta.wrap(tiny_classifier(), "tent", optimizer="sgd")
+    same.load_state(tmp_path / "old.pt")  # an older file still loads
+    assert state_equal(clone_state(same), clone_state(adapter))
+    other = tta.wrap(tiny_classifier(), "tent")  # Adam: torch's load of an SGD state fails half-way
+    other(_batch(1))
+    before = _everything(other)
+    with pytest.raises(ValueError, match="does not fit this Tent .*nothing was changed"):
+        other.load_state(tmp_path / "old.pt")  # torch fails half-way: everything is put back
+    assert state_equal(_everything(other)[0], before[0]) and _everything(other)[1:] == before[1:]
+    assert other(_batch(2)).shape == (8, 10)
+
+
+def test_incomplete_state_file_is_refused(tmp_path: Path) -> None:
+    torch.save({"format": 1, "method": "Tent"}, tmp_path / "hand.pt")
+    with pytest.raises(ValueError, match="not a complete adaptation state: it lacks optimizers, module, snapshot"):
+        tta.wrap(tiny_classifier(), "tent").load_state(tmp_path / "hand.pt")
+    torch.save({"format": 1, "method": "Tent", "optimizers": [{}], "module": [], "snapshot": (None, [])},
+               tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not a valid adaptation state .module is list"):
+        tta.wrap(tiny_classifier(), "tent").load_state(tmp_path / "bad.pt")
+
+
+def test_save_state_to_a_folder_empty_path_or_under_a_file_names_the_path(tmp_path: Path) -> None:
+    adapter = tta.wrap(tiny_classifier(), "norm")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match="it is a folder"):
+        adapter.save_state(tmp_path)
+    with pytest.raises(ValueError, match="empty path"):
+        adapter.save_state("")
+    with pytest.raises(ValueError, match=r"afile/s.pt'?: .*afile'? is a file, not a folder"):
+        adapter.save_state(tmp_path / "afile" / "s.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no temporary file left
