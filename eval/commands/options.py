@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from typing import Any
 
 import tta
 from eval.commands.errors import CLIError
+from tta.registry import get_adapter_class
 
 __all__ = ["parse_options", "split_csv"]
 
@@ -17,18 +19,31 @@ def split_csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _parse_value(text: str) -> Any:
+_TEXT_ANNOTATIONS = ("str", "str | None")  # options kept as typed: lame.head=8 names submodule "8"
+
+
+def _parse_value(text: str, annotation: object) -> Any:
+    """Read ``text`` as JSON (``1e-3``, ``true``, ``null``), else as a string; text options stay text."""
+    if annotation in _TEXT_ANNOTATIONS or annotation is str:
+        return None if text == "null" and "None" in str(annotation) else text
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
 
 
+def _annotation(method: str, key: str) -> object:
+    """Return the annotation of option ``key`` of ``method``'s builder (a string under postponed annotations)."""
+    parameter = inspect.signature(get_adapter_class(method).from_model).parameters.get(key)
+    return None if parameter is None else parameter.annotation
+
+
 def parse_options(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Turn ``method.key=value`` (or ``key=value`` with a single method) into per-method keyword arguments.
 
     Values are read as JSON where possible (``1e-3``, ``true``, ``null``), else kept as strings;
-    keys are checked against each method's builder signature.
+    options annotated as strings keep their text (``lame.head=8``). Keys are checked against each
+    method's builder signature.
     """
     options: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for item in items:
@@ -45,5 +60,5 @@ def parse_options(items: Sequence[str], methods: Sequence[str]) -> dict[str, dic
         valid = tta.adapter_options(method)
         if key not in valid:
             raise CLIError(f"--option {item!r}: {method} has no option {key!r}; valid: {sorted(valid)}")
-        options[method][key] = _parse_value(value)
+        options[method][key] = _parse_value(value, _annotation(method, key))
     return options

@@ -107,3 +107,12 @@ def test_dda_on_the_embedded_default_finds_the_shipped_diffusion_model(fmnist_di
     with ResultsStore(tmp_path / "r.sqlite") as store:
         (record,) = store.records(method="dda")
     assert 0.0 <= record.error <= 1.0 and record.n > 0
+
+
+def test_option_values_are_json_except_for_text_options() -> None:
+    from eval.commands.options import parse_options
+
+    parsed = parse_options(["tent.lr=1e-3", "tent.episodic=true", "lame.head=8", "lame.knn=3"],
+                           ["tent", "lame"])
+    assert parsed == {"tent": {"lr": 1e-3, "episodic": True}, "lame": {"head": "8", "knn": 3}}
+    assert parse_options(["lame.head=null"], ["lame"]) == {"lame": {"head": None}}
