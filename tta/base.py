@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, Self
@@ -15,6 +14,7 @@ from adapters_bn import freeze_statistics
 from tta import state
 from tta._caller import warn_at_caller
 from tta.inputs import batch_statistics_advice, check_against_model, check_batch, check_grad_allowed
+from tta.locked import LockedModule
 from tta.options import check_base_options
 from tta.outputs import check_finite_logits, check_logits, logits_checked
 from tta.rollback import model_errors_explained, rolled_back_on_error
@@ -23,11 +23,12 @@ from tta.snapshot import Snapshot, restore_snapshot, take_snapshot
 __all__ = ["TTAMethod", "check_batch"]  # check_batch: re-exported from tta.inputs
 
 
-class TTAMethod(nn.Module):
+class TTAMethod(LockedModule):
     """Base of all methods: ``forward`` predicts and adapts, ``reset`` restores the source state exactly.
 
     Subclasses implement :meth:`adapt_step` (one update on ``x``, returning logits), register their
-    optimizers in ``self.optimizers`` and call :meth:`snapshot` at the end of ``__init__``. All state
+    optimizers in ``self.optimizers`` and call :meth:`snapshot` at the end of ``__init__``. ``self._lock``
+    (:class:`~tta.locked.LockedModule`) serializes adaptation across threads. All state
     lives in parameters, buffers and optimizer state, so the snapshot is complete. The wrapped model
     is put in ``eval()`` (dropout off) and stays there: ``train()`` on the wrapper does not recurse into
     it. Normalization modes are set explicitly by each method.
@@ -47,17 +48,7 @@ class TTAMethod(nn.Module):
         self.optimizers: list[torch.optim.Optimizer] = []
         self._frozen = False
         self._snapshot: Snapshot | None = None
-        self._lock = threading.RLock()  # serializes adaptation across threads
         self._warned_batch_of_one = False
-
-    def __getstate__(self) -> dict[str, Any]:
-        attributes = dict(super().__getstate__())
-        attributes.pop("_lock", None)  # locks cannot be copied or pickled; a copy gets its own
-        return attributes
-
-    def __setstate__(self, attributes: dict[str, Any]) -> None:
-        super().__setstate__(attributes)
-        self._lock = threading.RLock()
 
     def adapt_step(self, x: Tensor) -> Tensor:
         """Run one adaptation step on ``x`` and return logits (each method documents which forward)."""
