@@ -6,14 +6,21 @@ export, statistics computed inside the graph). Both runtimes get the same number
 configuration is timed in interleaved rounds in one run; each row keeps the best round (the least
 disturbed by other work on the machine). ``ort / eager`` > 1 means onnxruntime is faster.
 
+``--export-times`` instead times ``tta.export_onnx`` itself (export and onnxruntime check) with the
+``dynamo`` and the ``torchscript`` exporter, for both modes, on the models named (torchvision ones with
+random weights at 64x64, the size of the export parity tests; the shipped model at 28x28), best of
+``--rounds`` interleaved rounds.
+
 Usage:
     python benchmarks/bench_onnx.py                                 # shipped Fashion-MNIST model
     python benchmarks/bench_onnx.py --model resnet18 --image-size 64 --batch-sizes 1,16
+    python benchmarks/bench_onnx.py --export-times fmnist,resnet18,mobilenet_v3_small
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import time
 from collections.abc import Callable
@@ -72,8 +79,37 @@ def build_steps(model: nn.Module, example: torch.Tensor, threads: int) -> dict[t
     }
 
 
+def export_seconds(model: nn.Module, example: torch.Tensor, mode: str, exporter: str) -> float:
+    """Return the wall time of one verified ``tta.export_onnx`` call into memory."""
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # the dynamo exporter prints its progress
+        tta.export_onnx(model, io.BytesIO(), example, mode=mode, exporter=exporter)  # type: ignore[arg-type]
+    return time.perf_counter() - start
+
+
+def print_export_times(names: list[str], rounds: int) -> None:
+    """Print the best-of-``rounds`` export time of each model and mode with both exporters, and their ratio."""
+    exporters = ("dynamo", "torchscript")
+    print(f"threads={torch.get_num_threads()} torch={torch.__version__} rounds={rounds}")
+    print("| model | input | mode | dynamo s | torchscript s | dynamo / torchscript |\n|---|---|---|--:|--:|--:|")
+    ratios = []
+    for name in names:
+        model, channels = build_model(name)
+        size = 28 if name == "fmnist" else 64  # tests/tta/test_export.py's shapes
+        example = torch.rand(4, channels, size, size, generator=torch.Generator().manual_seed(0))
+        for mode in ("frozen", "adaptive"):
+            best = {e: float("inf") for e in exporters}
+            for _ in range(rounds):
+                for exporter in exporters:
+                    best[exporter] = min(best[exporter], export_seconds(model, example, mode, exporter))
+            ratios.append(best["dynamo"] / best["torchscript"])
+            print(f"| {name} | {channels}x{size}x{size} | {mode} | {best['dynamo']:.2f} | {best['torchscript']:.2f} "
+                  f"| {ratios[-1]:.1f} |")
+    print(f"dynamo / torchscript export time: {min(ratios):.1f}-{max(ratios):.1f}x")
+
+
 def main() -> None:
-    """Print one table: graph, batch, eager and onnxruntime images/s, and their ratio."""
+    """Print one table: graph, batch, eager and onnxruntime images/s, and their ratio (or the export times)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fmnist", help="'fmnist' or a torchvision model name")
     parser.add_argument("--image-size", type=int, default=28)
@@ -81,9 +117,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes")
     parser.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is kept")
+    parser.add_argument("--export-times", metavar="MODELS", default=None,
+                        help="comma-separated models: time the two exporters on them instead")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.export_times is not None:
+        print_export_times(args.export_times.split(","), args.rounds)
+        return
     model, channels = build_model(args.model)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     shape = (channels, args.image_size, args.image_size)

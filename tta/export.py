@@ -129,7 +129,7 @@ def export_onnx(
             ``adapter.teacher.fc``.
         opset: ONNX opset version.
         exporter: ``dynamo`` (``torch.export``-based, the default) or ``torchscript`` (deprecated by
-            PyTorch, but several times faster to run; the same graphs for the models we test).
+            PyTorch, but 3.7-24x faster to export, docs/onnx.md; the same graphs for the models we test).
         dynamic_batch: Make the batch axis dynamic (otherwise it is fixed to ``example``'s).
         check: Run the written graph in onnxruntime on ``example`` and compare with PyTorch.
         atol: Largest absolute difference the check accepts.
