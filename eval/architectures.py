@@ -61,7 +61,12 @@ def _build_architecture(arch: str, num_classes: int, kwargs: Mapping[str, object
 def _call_builder(arch: str, num_classes: int, kwargs: Mapping[str, object]) -> object:
     if ":" in arch:  # "package.module:function"
         module, _, name = arch.partition(":")
-        return getattr(importlib.import_module(module), name)(num_classes=num_classes, **kwargs)
+        try:
+            builder = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"architecture {arch!r}: cannot find function {name!r} in module {module!r} "
+                             f"(is the module on PYTHONPATH?): {error}") from error
+        return builder(num_classes=num_classes, **kwargs)
     if arch.startswith("timm/"):
         try:
             timm = importlib.import_module("timm")

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next(c for c in COMMANDS if c.NAME == args.command)
     try:
         return int(command.run(args))
-    except (CLIError, ValueError, FileNotFoundError) as err:
+    except (CLIError, ValueError, FileNotFoundError, ImportError) as err:  # ImportError: a missing extra
         print(f"tta: error: {err}", file=sys.stderr)
         return 2
 

@@ -112,7 +112,7 @@ def _pyplot() -> ModuleType:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise ImportError('plots need matplotlib: pip install "tta-plugin[report]"') from error
+        raise ImportError("plots need matplotlib: pip install '.[report]' in a checkout of this project") from error
     return plt
 
 

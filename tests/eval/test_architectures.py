@@ -33,6 +33,10 @@ def test_mismatched_weights_and_unknown_arch_are_clear(tmp_path: Path) -> None:
         build_model(ModelSpec("mobilenet_v3_small", tmp_path / "r18.pth", num_classes=10))
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model(ModelSpec("resnet_999", tmp_path / "r18.pth"))
+    with pytest.raises(ValueError, match="cannot find function 'fn' in module 'no_such_module'"):
+        build_model(ModelSpec("no_such_module:fn", tmp_path / "r18.pth"))
+    with pytest.raises(ValueError, match="cannot find function 'no_such_fn' in module 'torchvision.models'"):
+        build_model(ModelSpec("torchvision.models:no_such_fn", tmp_path / "r18.pth"))
 
 
 def test_wrong_number_of_classes_is_a_value_error(tmp_path: Path) -> None:

@@ -74,3 +74,10 @@ def test_protocol_table_averages_each_protocols_cells(tmp_path: Path, capsys) ->
     assert "| method | episodic (2 domains) | mixed-samples (2 domains) |" in out
     assert "| norm | 30.0 | 60.0 |" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_extra_is_one_error_line(store_path: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    assert main(["report", "--results", str(store_path), "--plot", str(tmp_path / "bars.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tta: error: plots need matplotlib") and "Traceback" not in err
