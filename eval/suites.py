@@ -9,7 +9,7 @@ three the model is an architecture name plus a local weights file (``ModelSpec``
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -92,9 +92,11 @@ class Suite:
         """Raise listing every missing or truncated file/folder of the requested domains, before any work."""
         root = self.spec.data_root
         if self.spec.dataset in ("cifar10-c", "cifar100-c"):
-            check_npy_root(root, sorted({d.corruption for d in domains if d.corruption != "clean"}))  # type: ignore[arg-type]
+            corruptions = sorted({d.corruption for d in domains if d.corruption != "clean"})
+            checks: list[Callable[[], object]] = [lambda: check_npy_root(root, corruptions)]  # type: ignore[arg-type]
             if any(d.corruption == "clean" for d in domains):
-                find_clean_cifar(root, self.spec.dataset)  # type: ignore[arg-type]
+                checks.append(lambda: find_clean_cifar(root, self.spec.dataset))  # type: ignore[arg-type]
+            _all_problems(checks)
         elif self.spec.dataset == "imagenet-c":
             check_folder_root(root, [d for d in domains if d.corruption != "clean"])  # type: ignore[arg-type]
         else:
@@ -156,3 +158,16 @@ def open_suite(spec: SuiteSpec) -> Suite:
     model_spec = ModelSpec(spec.arch, spec.weights, num_classes=_CLASSES[spec.dataset],  # type: ignore[arg-type]
                            mean=spec.mean or mean, std=spec.std or std)
     return Suite(spec, _suite_name(spec), build_model(model_spec), model_spec.describe())
+
+
+def _all_problems(checks: Sequence[Callable[[], object]]) -> None:
+    """Run every check and raise once with all their messages (``FileNotFoundError`` if any file is missing)."""
+    errors: list[Exception] = []
+    for check in checks:
+        try:
+            check()
+        except (FileNotFoundError, ValueError) as error:
+            errors.append(error)
+    if errors:
+        kind = FileNotFoundError if any(isinstance(e, FileNotFoundError) for e in errors) else ValueError
+        raise kind("\n".join(str(e) for e in errors))

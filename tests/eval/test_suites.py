@@ -147,3 +147,13 @@ def test_dda_on_imagenet_c_layout_with_a_saved_adm_checkpoint(weights: Path, tmp
     with ResultsStore(tmp_path / "r.sqlite") as store:
         (record,) = store.records(method="dda")
     assert record.n == 4
+
+
+def test_missing_corruption_files_and_clean_split_are_listed_together(cifar_root: Path, weights: Path,
+                                                                     tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    args = ["bench", "--dataset", "cifar10-c", "--data-root", str(cifar_root), "--model", FACTORY,
+            "--weights", str(weights), "--corruptions", "clean,fog,snow", "--results", str(tmp_path / "r.sqlite")]
+    (cifar_root / "fog.npy").unlink()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(cifar_root / "fog.npy") in err and str(cifar_root / "cifar-10-batches-py" / "test_batch") in err
