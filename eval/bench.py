@@ -134,10 +134,13 @@ def run_bench(
         suite: The suite as :func:`open_bench` opened and checked it; ``None`` opens and checks it here.
 
     Raises:
-        FileNotFoundError, ValueError: Before any work, as :func:`open_bench` (when ``suite`` is not given).
+        FileNotFoundError, ValueError: Before any work, as :func:`open_bench` (when ``suite`` is not given), and
+            for a device this machine lacks when the units run here.
         IncompleteBench: After every other unit ran, if some unit failed after all retries.
     """
     executor = executor if executor is not None else LocalExecutor()
+    if executor.name != "ray":  # units run on this machine (a Ray cluster's nodes may have other devices)
+        check_device_available(spec.device)
     suite = suite if suite is not None else open_bench(spec)
     model_name = suite.model_name + ("" if spec.runtime == "torch" else f"+{spec.runtime}")
     keys = {(m, d): _key(spec, suite, model_name, m, d) for m in spec.methods for d in spec.domains}

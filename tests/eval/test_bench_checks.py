@@ -58,3 +58,16 @@ def test_check_device_available_accepts_cpu_and_auto() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no cuda device"):
             check_device_available("cuda:1")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_run_bench_refuses_a_missing_device_before_writing(fmnist_dir: Path, checkpoint: Path, tmp_path: Path) -> None:
+    from eval.bench import run_bench
+    from eval.results import ResultsStore
+
+    spec = BenchSpec(methods=("source",), corruptions=("fog",), limit=16, device="cuda",
+                     suite=SuiteSpec(data_root=fmnist_dir, checkpoint=checkpoint))
+    with ResultsStore(tmp_path / "r.sqlite") as store, pytest.raises(ValueError, match="no cuda device"):
+        run_bench(spec, store)
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        assert store.records() == []
