@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from eval.baselines import ALEXNET_ERRORS
 from eval.domains import Domain
 from eval.metrics import mean_corruption_error
-from eval.results import Record, Results
+from eval.results import Results, row_labels
 
 __all__ = ["mce_by_method", "plot_errors", "plot_error_over_domains", "markdown_report", "protocol_means",
            "protocol_table", "plot_protocols"]
@@ -20,15 +20,17 @@ __all__ = ["mce_by_method", "plot_errors", "plot_error_over_domains", "markdown_
 K = TypeVar("K", bound=Hashable)
 
 
-def _method_label(record: Record) -> str:
-    options = record.key.options
-    return record.key.method if options in ("", "{}") else f"{record.key.method} {options}"
-
-
 def _errors_by_method(results: Results) -> dict[str, dict[Domain, float]]:
+    """Return ``row label -> domain -> error``, rows labelled as in the error table (no two cells merged).
+
+    Raises:
+        ValueError: If two records fill one cell (filter the results first), as the error table does.
+    """
     table: dict[str, dict[Domain, float]] = defaultdict(dict)
-    for record in results:
-        table[_method_label(record)][record.key.domain] = record.error
+    for record, label in zip(results, row_labels(results)):
+        if record.key.domain in table[label]:
+            raise ValueError(f"two records fill the table cell ({label}, {record.key.domain}); filter them first")
+        table[label][record.key.domain] = record.error
     return table
 
 
@@ -51,24 +53,37 @@ def markdown_report(results: Results) -> str:
     return "\n".join(lines)
 
 
+def _protocol_cells(results: Results) -> dict[str, dict[str, list[float]]]:
+    """Return ``row label -> protocol -> errors of its cells``, rows split by every other varying key field."""
+    cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for record, label in zip(results, row_labels(results, columns=("corruption", "severity", "protocol"))):
+        cells[label][record.key.protocol].append(record.error)
+    return cells
+
+
 def protocol_means(results: Results) -> dict[str, dict[str, float]]:
     """Return the mean error (fraction) of each method under each protocol, over that protocol's cells."""
-    cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for record in results:
-        cells[_method_label(record)][record.key.protocol].append(record.error)
+    cells = _protocol_cells(results)
     return {m: {p: sum(v) / len(v) for p, v in by_protocol.items()} for m, by_protocol in cells.items()}
 
 
 def protocol_table(results: Results) -> str:
     """Return a markdown table: one row per method, one column per protocol (mean error %, its cells)."""
-    means = protocol_means(results)
+    cells, means = _protocol_cells(results), protocol_means(results)
     protocols = list(dict.fromkeys(r.key.protocol for r in results))
     counts = {p: len({r.key.domain for r in results if r.key.protocol == p}) for p in protocols}
     lines = ["| method | " + " | ".join(f"{p} ({counts[p]} domains)" for p in protocols) + " |",
              "|:--|" + "--:|" * len(protocols)]
+    partial = False
     for method, by_protocol in means.items():
-        shown = [f"{100 * by_protocol[p]:.1f}" if p in by_protocol else "–" for p in protocols]
+        shown = []
+        for p in protocols:
+            star = "*" if p in by_protocol and len(cells[method][p]) < counts[p] else ""
+            partial = partial or bool(star)
+            shown.append(f"{100 * by_protocol[p]:.1f}{star}" if p in by_protocol else "–")
         lines.append(f"| {method} | " + " | ".join(shown) + " |")
+    if partial:
+        lines += ["", "\\* mean over fewer domains than the column's: not comparable with the other rows."]
     return "\n".join(lines) + "\n"
 
 

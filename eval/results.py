@@ -21,7 +21,7 @@ from eval.records import METRICS as METRICS  # re-exported: the CLI lists the me
 from eval.records import COLUMNS, KEY_FIELDS, SCHEMA_VERSION, CellKey, Metric, Record, canonical_options, parse_options
 from eval.results_store import ResultsStore
 
-__all__ = ["CellKey", "Record", "ResultsStore", "Results", "canonical_options", "SCHEMA_VERSION"]
+__all__ = ["CellKey", "Record", "ResultsStore", "Results", "canonical_options", "row_labels", "SCHEMA_VERSION"]
 
 
 class Results(list[Record]):
@@ -112,18 +112,28 @@ def _row_label(record: Record, varying: tuple[str, ...]) -> str:
 _Cells = dict[tuple[str, Domain], float]
 
 
-def _table_cells(records: Iterable[Record], metric: str) -> tuple[list[str], list[Domain], _Cells]:
-    """Return the row labels, domains and ``(label, domain) -> value`` cells of a table."""
+def row_labels(records: Iterable[Record], *, columns: tuple[str, ...] = ("corruption", "severity")) -> list[str]:
+    """Return each record's row label: its method plus the key fields (not ``columns``) that vary for that method.
+
+    Two records of a method that differ in protocol, seed, options, dataset, model, batch size or
+    limit get different rows, so no table or summary merges cells that are not comparable.
+    """
     records = list(records)
-    row_fields = tuple(name for name in KEY_FIELDS if name not in ("method", "corruption", "severity"))
+    row_fields = tuple(name for name in KEY_FIELDS if name != "method" and name not in columns)
     seen: dict[tuple[str, str], set[object]] = {}
     for record, name in ((r, n) for r in records for n in row_fields):
         seen.setdefault((record.key.method, name), set()).add(getattr(record.key, name))
+    return [_row_label(record, tuple(n for n in row_fields if len(seen[record.key.method, n]) > 1))
+            for record in records]
+
+
+def _table_cells(records: Iterable[Record], metric: str) -> tuple[list[str], list[Domain], _Cells]:
+    """Return the row labels, domains and ``(label, domain) -> value`` cells of a table."""
+    records = list(records)
     labels: dict[str, None] = {}
     domains: dict[Domain, None] = {}
     cells: dict[tuple[str, Domain], float] = {}
-    for record in records:
-        label = _row_label(record, tuple(n for n in row_fields if len(seen[record.key.method, n]) > 1))
+    for record, label in zip(records, row_labels(records)):
         if (label, record.key.domain) in cells:
             raise ValueError(f"two records fill the table cell ({label}, {record.key.domain}); filter them first")
         labels.setdefault(label)

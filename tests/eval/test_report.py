@@ -81,3 +81,30 @@ def test_missing_extra_is_one_error_line(store_path: Path, tmp_path: Path, capsy
     assert main(["report", "--results", str(store_path), "--plot", str(tmp_path / "bars.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tta: error: plots need matplotlib") and "Traceback" not in err
+
+
+def _keyed(method: str, corruption: str, error: float, *, protocol: str = "episodic", seed: int = 0) -> Record:
+    key = CellKey.build(method, {}, dataset="fmnist-c", model="m", protocol=protocol,
+                        domain=Domain(corruption, 5), seed=seed, batch_size=64)
+    return Record(key, error, 0.1, 100, 1.0)
+
+
+def test_mce_keeps_rows_that_differ_in_protocol_or_seed_apart() -> None:
+    results = Results([_keyed("tent", "fog", 0.1), _keyed("tent", "fog", 0.9, protocol="continual"),
+                       _keyed("norm", "fog", 0.1), _keyed("norm", "fog", 0.3, seed=1)])
+    mce = mce_by_method(results)
+    assert set(mce) == {"tent (protocol=episodic)", "tent (protocol=continual)", "norm (seed=0)", "norm (seed=1)"}
+    assert mce["tent (protocol=episodic)"] == pytest.approx(mce["norm (seed=0)"])
+    assert mce["tent (protocol=continual)"] == pytest.approx(9 * mce["tent (protocol=episodic)"])
+    report = markdown_report(results)
+    assert "| tent (protocol=continual) |" in report.split("mCE")[1]  # the mCE rows are the error table's rows
+
+
+def test_protocol_table_splits_other_fields_and_stars_partial_rows() -> None:
+    from eval.report import protocol_table
+
+    results = Results([_keyed("a", "fog", 0.1), _keyed("a", "contrast", 0.9), _keyed("b", "fog", 0.1),
+                       _keyed("a", "fog", 0.5, seed=1), _keyed("a", "contrast", 0.5, seed=1)])
+    table = protocol_table(results)
+    assert "| a (seed=0) | 50.0 |" in table and "| a (seed=1) | 50.0 |" in table
+    assert "| b | 10.0* |" in table and "fewer domains" in table
