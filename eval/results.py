@@ -34,7 +34,8 @@ class Results(list[Record]):
         that differ between records of the same method. Columns are domains in first-seen
         order, headed by the corruption name when all corrupted domains share one severity
         and by ``corruption-severity`` otherwise. Missing cells show ``–``; a mean over only
-        the present cells is starred and explained under the table.
+        the present cells is starred and explained under the table. The mean is over the
+        corrupted domains: a ``clean`` column is shown but not averaged (noted under the table).
 
         Args:
             metric: Which value to show: ``error``/``ece`` (fractions), ``nll`` (nats), ``seconds``,
@@ -51,15 +52,19 @@ class Results(list[Record]):
         headers = _domain_headers(domains)
         lines = ["| method | " + " | ".join([*headers, "mean"]) + " |",
                  "|:--|" + "--:|" * (len(headers) + 1)]
+        # The mean is over the corrupted domains, as the corruption benchmarks average; clean stays its own column.
+        averaged = [d for d in domains if d.corruption != "clean"] or domains
         for label in rows:
-            values = [cells.get((label, domain)) for domain in domains]
+            values = [cells.get((label, domain)) for domain in averaged]
             present = [v for v in values if v is not None]
             mean = (_format_value(sum(present) / len(present), percent) if present else "–") + (
                 "*" if present and len(present) < len(values) else "")
-            shown = ["–" if v is None else _format_value(v, percent) for v in values]
+            shown = ["–" if (v := cells.get((label, d))) is None else _format_value(v, percent) for d in domains]
             lines.append("| " + " | ".join([label.replace("|", "\\|"), *shown, mean]) + " |")
         if any(line.endswith("* |") for line in lines):
             lines += ["", "\\* mean over the present cells only."]
+        if len(averaged) < len(domains):
+            lines += ["", "mean: over the corrupted domains; clean is not included."]
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
