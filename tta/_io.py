@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "check_writable_path"]
+__all__ = ["atomic_torch_save", "remove_stale_temporaries", "check_writable_path"]
 
 
 def check_writable_path(path: str | os.PathLike[str]) -> Path:
@@ -51,6 +52,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename, so a power loss leaves the old file or the new
         os.chmod(tmp, 0o644)  # mkstemp creates the file private (0600)
         os.replace(tmp, path)
     except BaseException as error:
@@ -59,6 +62,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
             raise _naming(path, error) from error
         raise
     return path
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files a killed writer of ``path`` left beside it; returns them.
+
+    :func:`atomic_torch_save` removes its temporary file on any Python error, but a process killed
+    mid-write (SIGKILL, out of memory) cannot. Call this where no write of ``path`` can be running,
+    e.g. when a process starts checkpointing to it.
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")) if path.parent.is_dir() else []
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return stale
 
 
 def _naming(path: Path, error: OSError) -> OSError:

@@ -132,18 +132,16 @@ class TTAMethod(LockedModule):
 
     @contextmanager
     def frozen(self) -> Iterator[TTAMethod]:
-        """Within the block, ``forward`` predicts with the current state and changes nothing."""
-        previous, self._frozen = self._frozen, True
-        try:
-            with freeze_statistics(self.model):
-                yield self
-        finally:
-            self._frozen = previous
+        """Within the block, ``forward`` predicts and changes nothing; the block holds the lock (others wait)."""
+        with self._lock:
+            previous, self._frozen = self._frozen, True
+            try:
+                with freeze_statistics(self.model):
+                    yield self
+            finally:
+                self._frozen = previous
 
     @classmethod
     def from_model(cls, model: nn.Module, *args: Any, **kwargs: Any) -> TTAMethod:
-        """Build the method on ``model`` with its standard recipe and its own keyword options.
-
-        (``*args, **kwargs`` lets subclasses narrow the signature; the registry checks options at run time.)
-        """
+        """Build the method on ``model`` with its standard recipe and options (subclasses narrow the signature)."""
         raise NotImplementedError(f"{cls.__name__} must implement from_model")

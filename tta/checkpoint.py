@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from tta._io import check_writable_path
+from tta._io import check_writable_path, remove_stale_temporaries
 from tta.base import TTAMethod
 from tta.guard import CollapseGuard
 from tta.state import load_state, save_state
@@ -55,6 +55,8 @@ class PeriodicCheckpoint:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"checkpoint_every must be a whole number of batches >= 1, got {every!r}")
         self.path = check_writable_path(path)
+        for leftover in remove_stale_temporaries(self.path):  # a killed process's partial write
+            logger.warning("removed %s, left by a checkpoint write that was killed", leftover)
         self.every = every
         self.batches = 0  # adapted batches seen since this object was attached
         self.writes = 0
@@ -85,6 +87,12 @@ class PeriodicCheckpoint:
                 return
             self.batches += 1
             if self.batches % self.every == 0:
+                self._save_or_log(adapter)
+
+    def write_now(self, adapter: TTAMethod) -> None:
+        """Write ``adapter``'s state now, logging and counting a failure (e.g. after a guard reset it)."""
+        if self.enabled:
+            with adapter._lock:
                 self._save_or_log(adapter)
 
     def _save_or_log(self, adapter: TTAMethod) -> None:

@@ -79,9 +79,12 @@ class CollapseGuard(nn.Module):
         self.events: list[GuardEvent] = []
         self.batches = 0
         self.stopped = False
+        self._frozen = False
 
     def forward(self, x: Tensor) -> Tensor:
         """Predict and adapt with the method, unless its predictions have collapsed on this batch."""
+        if self._frozen:  # inside frozen(): the method predicts, the guard neither counts nor acts
+            return self.adapter(x)
         if self.stopped:
             with self.adapter.frozen():
                 return self.adapter(x)
@@ -102,6 +105,11 @@ class CollapseGuard(nn.Module):
                        event.batch, adapted_div, source_div, self.policy)
         if self.policy in ("reset", "freeze"):
             self.adapter.reset()
+            from tta.checkpoint import PeriodicCheckpoint  # here: tta.checkpoint imports this module
+
+            saver = PeriodicCheckpoint.of(self.adapter)
+            if saver is not None:  # the file must not keep the collapsed state just discarded
+                saver.write_now(self.adapter)
         self.stopped = self.policy == "freeze"
 
     def train(self, mode: bool = True) -> CollapseGuard:
@@ -123,9 +131,13 @@ class CollapseGuard(nn.Module):
 
     @contextmanager
     def frozen(self) -> Iterator[CollapseGuard]:
-        """Predict with the method's current state without adapting."""
+        """Predict with the method's current state without adapting; the guard neither counts nor acts."""
         with self.adapter.frozen():
-            yield self
+            previous, self._frozen = self._frozen, True
+            try:
+                yield self
+            finally:
+                self._frozen = previous
 
     def save_state(self, path: str | os.PathLike[str], *, relative_to_source: bool = False) -> None:
         """Save the method's adaptation state (see :meth:`tta.TTAMethod.save_state`)."""

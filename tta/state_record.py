@@ -47,7 +47,7 @@ def check_record(path: os.PathLike[str], record: object, method: str, num_optimi
 
 
 def check_fits(path: os.PathLike[str], saved: object, expected: dict[str, Any]) -> None:
-    """Raise ``ValueError`` unless ``saved`` has exactly the keys of ``expected`` with tensors of the same shapes."""
+    """Raise ``ValueError`` unless ``saved`` has exactly the keys of ``expected`` with tensors of the same shapes and dtypes."""
     if not isinstance(saved, dict):
         raise ValueError(f"{path} is not a valid adaptation state: a state dict is {type(saved).__name__}")
     problems = [f"missing {key}" for key in expected if key not in saved]
@@ -60,7 +60,10 @@ def check_fits(path: os.PathLike[str], saved: object, expected: dict[str, Any]) 
 
 
 def _shape(value: object) -> str:
-    return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+    """Describe a state entry by what must match for a bit-exact load: shape and dtype of a tensor."""
+    if isinstance(value, Tensor):
+        return f"shape {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    return type(value).__name__
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import tta
 import tta._io
 from tests.helpers import clone_state, state_equal, tiny_classifier
 from tta.checkpoint import PeriodicCheckpoint, resume
+from tta.guard import CollapseGuard
 
 
 def _batch(seed: int) -> torch.Tensor:
@@ -152,3 +153,33 @@ def test_failed_checkpoint_write_keeps_the_prediction_and_is_counted(
     monkeypatch.undo()
     adapter(_batch(2))
     assert saver.writes == 1 and path.exists() and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def _collapsing_guard(path: Path) -> tuple[CollapseGuard, int]:
+    """Tent with an absurd learning rate under the guard, run until the guard resets it; returns (guard, batches)."""
+    torch.manual_seed(0)
+    guard = tta.wrap(tiny_classifier(), "tent", lr=20.0, production=True, checkpoint=path, checkpoint_every=1)
+    batches = 0
+    while not guard.events:  # type: ignore[union-attr]
+        guard(torch.rand(16, 3, 16, 16) * 3)
+        batches += 1
+        assert batches < 50, "the stream did not collapse"
+    return guard, batches  # type: ignore[return-value]
+
+
+def test_guard_reset_rewrites_the_checkpoint_so_a_restart_goes_on_like_the_live_guard(tmp_path: Path) -> None:
+    live, _ = _collapsing_guard(tmp_path / "state.pt")
+    restarted = tta.wrap(tiny_classifier(), "tent", lr=20.0, production=True, resume=tmp_path / "state.pt")
+    assert state_equal(clone_state(restarted), clone_state(live))  # the reset state, not the collapsed one
+    x = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 3
+    assert torch.equal(live(x), restarted(x))
+
+
+def test_a_killed_writers_temporary_file_is_removed_when_checkpointing_starts(tmp_path: Path) -> None:
+    path = tmp_path / "state.pt"
+    leftover = tmp_path / ".state.pt.k1ll3d.tmp"
+    leftover.write_bytes(b"partial")
+    unrelated = tmp_path / ".other.pt.abc.tmp"
+    unrelated.write_bytes(b"someone else's")
+    tta.wrap(tiny_classifier(), "tent", checkpoint=path, checkpoint_every=1)
+    assert not leftover.exists() and unrelated.exists()

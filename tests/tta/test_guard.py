@@ -80,3 +80,15 @@ def test_bad_guard_options_raise() -> None:
         CollapseGuard(tta.wrap(model, "tent"), model, policy="panic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="min_diversity_ratio"):
         CollapseGuard(tta.wrap(model, "tent"), model, min_diversity_ratio=1.5)
+
+
+def test_guard_frozen_neither_counts_nor_acts() -> None:
+    guard = CollapseGuard.around(tta.wrap(tiny_classifier(), "tent", lr=20.0), tiny_classifier(),
+                                 min_diversity_ratio=0.99)
+    x = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 3
+    state = {k: v.clone() for k, v in guard.adapter.state_dict().items()}
+    with guard.frozen():
+        for _ in range(3):
+            guard(x)
+    assert guard.events == [] and guard.batches == 0
+    assert all(torch.equal(v, state[k]) for k, v in guard.adapter.state_dict().items())

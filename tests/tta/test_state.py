@@ -143,7 +143,7 @@ def test_refused_load_changes_nothing_even_where_tensors_fit(tmp_path: Path) -> 
     wide = tta.wrap(_net(16), "tent")  # the BN's num_batches_tracked has the same shape in both
     wide(_batch(0))
     before = _everything(wide)
-    with pytest.raises(ValueError, match=r"does not fit this model: .*shape \(8, 3, 3, 3\) in the file"):
+    with pytest.raises(ValueError, match=r"does not fit this model: .*shape \(8, 3, 3, 3\) float32 in the file"):
         wide.load_state(tmp_path / "narrow.pt")
     assert _everything(wide)[0].keys() == before[0].keys()
     assert state_equal(_everything(wide)[0], before[0]) and _everything(wide)[1:] == before[1:]
@@ -206,3 +206,31 @@ def test_save_state_to_a_folder_empty_path_or_under_a_file_names_the_path(tmp_pa
     with pytest.raises(ValueError, match=r"afile/s.pt'?: .*afile'? is a file, not a folder"):
         adapter.save_state(tmp_path / "afile" / "s.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no temporary file left
+
+
+def test_state_of_another_dtype_is_refused(tmp_path: Path) -> None:
+    tta.wrap(tiny_classifier(), "tent").save_state(tmp_path / "f32.pt")
+    half = tta.wrap(tiny_classifier().to(torch.bfloat16), "tent")
+    state = clone_state(half)
+    with pytest.raises(ValueError, match=r"float32 in the file, shape \(\d+(, \d+)*\) bfloat16 in the model"):
+        half.load_state(tmp_path / "f32.pt")
+    assert state_equal(clone_state(half), state)
+
+
+def test_frozen_block_holds_the_lock_so_other_threads_wait() -> None:
+    adapter = tta.wrap(tiny_classifier(), "norm", stats="ema")
+    finished = threading.Event()
+
+    def other() -> None:
+        adapter(_batch(1))
+        finished.set()
+
+    with adapter.frozen():
+        thread = threading.Thread(target=other)
+        thread.start()
+        assert not finished.wait(0.3)  # the adapting call waits for the frozen block
+        frozen_state = clone_state(adapter)
+        adapter(_batch(2))
+        assert state_equal(clone_state(adapter), frozen_state)
+    thread.join(10)
+    assert finished.is_set() and not state_equal(clone_state(adapter), frozen_state)
