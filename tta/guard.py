@@ -68,8 +68,7 @@ class CollapseGuard(nn.Module):
         self, adapter: TTAMethod, source: nn.Module, *, policy: GuardPolicy = "reset", min_diversity_ratio: float = 0.7
     ) -> None:
         super().__init__()
-        if policy not in ("reset", "fallback", "freeze"):
-            raise ValueError(f"unknown guard policy {policy!r}; choose 'reset', 'fallback' or 'freeze'")
+        self.check_options(policy)
         if not 0.0 < min_diversity_ratio < 1.0:
             raise ValueError(f"min_diversity_ratio must be in (0, 1), got {min_diversity_ratio}")
         self.adapter = adapter
@@ -80,6 +79,13 @@ class CollapseGuard(nn.Module):
         self.batches = 0
         self.stopped = False
         self._frozen = False
+
+    @staticmethod
+    def check_options(policy: object) -> GuardPolicy:
+        """Return ``policy`` if it names a guard policy, else raise ``ValueError`` (before anything is built)."""
+        if policy not in ("reset", "fallback", "freeze"):
+            raise ValueError(f"unknown guard policy {policy!r}; choose 'reset', 'fallback' or 'freeze'")
+        return policy
 
     def forward(self, x: Tensor) -> Tensor:
         """Predict and adapt with the method, unless its predictions have collapsed on this batch."""

@@ -10,7 +10,7 @@ from torch import nn
 
 from tta.base import TTAMethod
 from tta.checkpoint import PeriodicCheckpoint, resume as resume_state
-from tta.guard import CollapseGuard
+from tta.guard import CollapseGuard, GuardPolicy
 from tta.registry import create_adapter
 
 __all__ = ["wrap"]
@@ -22,6 +22,7 @@ def wrap(
     *,
     inplace: bool = False,
     production: bool = False,
+    guard_policy: GuardPolicy = "reset",
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 1000,
     resume: str | os.PathLike[str] | None = None,
@@ -34,8 +35,10 @@ def wrap(
         method: A name from :func:`tta.list_methods` (``source``, ``norm``, ``tent``, ...).
         inplace: Adapt ``model`` itself. By default a deep copy is adapted and ``model`` is untouched.
         production: Guard the method against collapse (:class:`tta.guard.CollapseGuard`, policy
-            ``reset``): a frozen copy of ``model`` answers batches where adaptation collapsed. Off by
-            default so that benchmarks run each paper's method unmodified.
+            ``guard_policy``): a frozen copy of ``model`` answers batches where adaptation collapsed.
+            Off by default so that benchmarks run each paper's method unmodified.
+        guard_policy: What the guard does after a collapse: ``reset`` (default), ``fallback`` or
+            ``freeze`` (docs/production.md); only with ``production=True``.
         checkpoint: Write the full adaptation state to this file every ``checkpoint_every`` adapted
             batches, atomically (:class:`tta.checkpoint.PeriodicCheckpoint`).
         checkpoint_every: Batches between two checkpoint writes.
@@ -61,6 +64,9 @@ def wrap(
         raise TypeError(f"tta.wrap expects a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, TTAMethod):
         raise TypeError("model is already wrapped; wrap the underlying model (adapter.model) instead")
+    if guard_policy != "reset" and not production:
+        raise ValueError(f"guard_policy={guard_policy!r} needs production=True (the guard it configures)")
+    policy = CollapseGuard.check_options(guard_policy)
     source = copy.deepcopy(model) if production else None
     target = model if inplace else copy.deepcopy(model)
     saver = None if checkpoint is None else PeriodicCheckpoint(checkpoint, every=checkpoint_every)
@@ -69,4 +75,4 @@ def wrap(
         resume_state(adapter, resume)
     if saver is not None:
         saver.attach(adapter)
-    return adapter if source is None else CollapseGuard(adapter, source)
+    return adapter if source is None else CollapseGuard(adapter, source, policy=policy)

@@ -92,3 +92,12 @@ def test_guard_frozen_neither_counts_nor_acts() -> None:
             guard(x)
     assert guard.events == [] and guard.batches == 0
     assert all(torch.equal(v, state[k]) for k, v in guard.adapter.state_dict().items())
+
+
+def test_wrap_chooses_the_guard_policy_and_checks_it() -> None:
+    guard = tta.wrap(tiny_classifier(), "tent", production=True, guard_policy="fallback")
+    assert isinstance(guard, CollapseGuard) and guard.policy == "fallback"
+    with pytest.raises(ValueError, match="unknown guard policy 'later'"):
+        tta.wrap(tiny_classifier(), "tent", production=True, guard_policy="later")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs production=True"):
+        tta.wrap(tiny_classifier(), "tent", guard_policy="freeze")
