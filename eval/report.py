@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from eval.baselines import ALEXNET_ERRORS
 from eval.domains import Domain
 from eval.metrics import mean_corruption_error
-from eval.results import Results, row_labels
+from eval.results import Results, row_labels, table_cells
 
 __all__ = ["mce_by_method", "plot_errors", "plot_error_over_domains", "markdown_report", "protocol_means",
            "protocol_table", "plot_protocols"]
@@ -26,11 +26,10 @@ def _errors_by_method(results: Results) -> dict[str, dict[Domain, float]]:
     Raises:
         ValueError: If two records fill one cell (filter the results first), as the error table does.
     """
-    table: dict[str, dict[Domain, float]] = defaultdict(dict)
-    for record, label in zip(results, row_labels(results)):
-        if record.key.domain in table[label]:
-            raise ValueError(f"two records fill the table cell ({label}, {record.key.domain}); filter them first")
-        table[label][record.key.domain] = record.error
+    labels, _, cells = table_cells(results, "error")
+    table: dict[str, dict[Domain, float]] = {label: {} for label in labels}
+    for (label, domain), error in cells.items():
+        table[label][domain] = error
     return table
 
 

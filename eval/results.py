@@ -21,7 +21,8 @@ from eval.records import METRICS as METRICS  # re-exported: the CLI lists the me
 from eval.records import COLUMNS, KEY_FIELDS, SCHEMA_VERSION, CellKey, Metric, Record, canonical_options, parse_options
 from eval.results_store import ResultsStore
 
-__all__ = ["CellKey", "Record", "ResultsStore", "Results", "canonical_options", "row_labels", "SCHEMA_VERSION"]
+__all__ = ["CellKey", "Record", "ResultsStore", "Results", "canonical_options", "row_labels", "table_cells",
+           "SCHEMA_VERSION"]
 
 
 class Results(list[Record]):
@@ -48,7 +49,7 @@ class Results(list[Record]):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
         percent = percent and metric in ("error", "ece")
-        rows, domains, cells = _table_cells(self, metric)
+        rows, domains, cells = table_cells(self, metric)
         headers = _domain_headers(domains)
         lines = ["| method | " + " | ".join([*headers, "mean"]) + " |",
                  "|:--|" + "--:|" * (len(headers) + 1)]
@@ -132,7 +133,7 @@ def row_labels(records: Iterable[Record], *, columns: tuple[str, ...] = ("corrup
             for record in records]
 
 
-def _table_cells(records: Iterable[Record], metric: str) -> tuple[list[str], list[Domain], _Cells]:
+def table_cells(records: Iterable[Record], metric: str) -> tuple[list[str], list[Domain], _Cells]:
     """Return the row labels, domains and ``(label, domain) -> value`` cells of a table."""
     records = list(records)
     labels: dict[str, None] = {}

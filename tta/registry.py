@@ -11,7 +11,7 @@ from torch import nn
 if TYPE_CHECKING:
     from tta.base import TTAMethod
 
-__all__ = ["register_adapter", "create_adapter", "list_adapters", "get_adapter_class", "adapter_options"]
+__all__ = ["register_adapter", "create_adapter", "list_adapters", "get_adapter_class", "adapter_options", "adapter_parameters"]
 
 _REGISTRY: dict[str, type[TTAMethod]] = {}
 T = TypeVar("T", bound="type[TTAMethod]")
@@ -42,14 +42,15 @@ def get_adapter_class(name: str) -> type[TTAMethod]:
         raise ValueError(f"unknown method {name!r}; available: {list_adapters()}") from None
 
 
+def adapter_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """Return the keyword options of a method's ``from_model`` builder (defaults and annotations)."""
+    signature = inspect.signature(get_adapter_class(name).from_model)
+    return {p.name: p for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
 def adapter_options(name: str) -> dict[str, Any]:
     """Return the keyword options of a method's ``from_model`` builder with their defaults."""
-    signature = inspect.signature(get_adapter_class(name).from_model)
-    return {
-        p.name: p.default
-        for p in signature.parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    return {option: p.default for option, p in adapter_parameters(name).items()}
 
 
 def create_adapter(name: str, model: nn.Module, **kwargs: Any) -> TTAMethod:

@@ -18,7 +18,7 @@ import torch
 from tta._io import atomic_torch_save
 from tta.snapshot import restore_snapshot, take_snapshot
 from tta.state_record import (
-    RELATIVE_STATE_FORMAT, STATE_FORMAT, check_fits, check_optimizers, check_record, optimizer_settings,
+    RELATIVE_STATE_FORMAT, STATE_FORMAT, check_fits, check_optimizers, check_record, on_cpu, optimizer_settings,
 )
 
 if TYPE_CHECKING:
@@ -26,16 +26,6 @@ if TYPE_CHECKING:
     from tta.snapshot import Snapshot
 
 __all__ = ["save_state", "load_state", "STATE_FORMAT", "RELATIVE_STATE_FORMAT"]
-
-
-def _on_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
-    if isinstance(value, dict):
-        return {k: _on_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_on_cpu(v) for v in value)
-    return value
 
 
 def save_state(adapter: TTAMethod, path: str | os.PathLike[str], *, relative_to_source: bool = False) -> Path:
@@ -57,17 +47,18 @@ def save_state(adapter: TTAMethod, path: str | os.PathLike[str], *, relative_to_
     record: dict[str, Any] = {
         "format": STATE_FORMAT,
         "method": type(adapter).__name__,
-        "optimizers": [_on_cpu(opt.state_dict()) for opt in adapter.optimizers],
+        "optimizers": [on_cpu(opt.state_dict()) for opt in adapter.optimizers],
         "optimizer_settings": [optimizer_settings(opt) for opt in adapter.optimizers],
     }
     if relative_to_source:
         source, source_optimizers = adapter._snapshot
         unchanged = [k for k, v in module.items() if k in source and _same(v, source[k])]
-        changed = {k: v for k, v in module.items() if k not in set(unchanged)}
+        kept = set(unchanged)
+        changed = {k: v for k, v in module.items() if k not in kept}
         record |= {"format": RELATIVE_STATE_FORMAT, "source": _fingerprint(adapter._snapshot),
-                   "module": _on_cpu(changed), "unchanged": unchanged, "snapshot": (None, _on_cpu(source_optimizers))}
+                   "module": on_cpu(changed), "unchanged": unchanged, "snapshot": (None, on_cpu(source_optimizers))}
     else:
-        record |= {"module": _on_cpu(module), "snapshot": _on_cpu(adapter._snapshot)}
+        record |= {"module": on_cpu(module), "snapshot": on_cpu(adapter._snapshot)}
     return atomic_torch_save(record, path)
 
 

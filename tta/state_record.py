@@ -14,7 +14,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from tta.base import TTAMethod
 
-__all__ = ["check_fits", "check_optimizers", "check_record", "optimizer_settings"]
+__all__ = ["check_fits", "check_optimizers", "check_record", "on_cpu", "optimizer_settings"]
 
 STATE_FORMAT = 1
 RELATIVE_STATE_FORMAT = 2  # a state saved relative to its source snapshot
@@ -69,13 +69,20 @@ def _shape(value: object) -> str:
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Return what a state file records of ``optimizer``: its class, each group's hyperparameters (not ``params``)."""
     cls = type(optimizer)
-    groups = [{key: _on_cpu(value) for key, value in group.items() if key != "params"}
+    groups = [{key: on_cpu(value) for key, value in group.items() if key != "params"}
               for group in optimizer.param_groups]
     return {"class": f"{cls.__module__}.{cls.__qualname__}", "param_groups": groups}
 
 
-def _on_cpu(value: Any) -> Any:
-    return value.detach().cpu().clone() if isinstance(value, Tensor) else value
+def on_cpu(value: Any) -> Any:
+    """Return ``value`` with every tensor in it (nested in dicts, lists, tuples) detached, cloned onto the CPU."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(v) for v in value)
+    return value
 
 
 def check_optimizers(path: os.PathLike[str], record: dict[str, Any], adapter: TTAMethod) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Sequence
 from typing import Any
 
-import tta
 from eval.commands.errors import CLIError
-from tta.registry import get_adapter_class
+from tta.registry import adapter_parameters
 
 __all__ = ["parse_options", "split_csv"]
 
@@ -32,11 +30,6 @@ def _parse_value(text: str, annotation: object) -> Any:
         return text
 
 
-def _annotation(method: str, key: str) -> object:
-    """Return the annotation of option ``key`` of ``method``'s builder (a string under postponed annotations)."""
-    parameter = inspect.signature(get_adapter_class(method).from_model).parameters.get(key)
-    return None if parameter is None else parameter.annotation
-
 
 def parse_options(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Turn ``method.key=value`` (or ``key=value`` with a single method) into per-method keyword arguments.
@@ -57,8 +50,8 @@ def parse_options(items: Sequence[str], methods: Sequence[str]) -> dict[str, dic
             method, key = methods[0], name
         if method not in options:
             raise CLIError(f"--option {item!r}: method {method!r} is not among --methods {list(methods)}")
-        valid = tta.adapter_options(method)
+        valid = adapter_parameters(method)
         if key not in valid:
             raise CLIError(f"--option {item!r}: {method} has no option {key!r}; valid: {sorted(valid)}")
-        options[method][key] = _parse_value(value, _annotation(method, key))
+        options[method][key] = _parse_value(value, valid[key].annotation)  # a string under postponed annotations
     return options
