@@ -71,7 +71,8 @@ class BenchProgress:
         self._unit_batches += 1
         self._images += int(item.y.shape[0])
         self._wrong = self._wrong + (logits.argmax(dim=1) != item.y.to(logits.device)).sum()
-        if now - self._drawn >= self.bar.mininterval / 2:  # fresh whenever tqdm next prints
+        # fresh whenever tqdm next prints; a disabled bar (TQDM_DISABLE=1) has no interval and draws nothing
+        if not self.bar.disable and now - self._drawn >= self.bar.mininterval / 2:
             self._drawn = now
             error = float(self._wrong) / self._images
             # the clock starts after the cell's first batch, so that batch's images are not in the rate
