@@ -91,14 +91,20 @@ class Suite:
     def check(self, domains: Sequence[Domain]) -> None:
         """Raise listing every missing or truncated file/folder of the requested domains, before any work."""
         root = self.spec.data_root
+        classes = _CLASSES.get(self.spec.dataset)
         if self.spec.dataset in ("cifar10-c", "cifar100-c"):
             corruptions = sorted({d.corruption for d in domains if d.corruption != "clean"})
-            checks: list[Callable[[], object]] = [lambda: check_npy_root(root, corruptions)]  # type: ignore[arg-type]
+            severities = sorted({d.severity for d in domains if d.corruption != "clean"})
+            checks: list[Callable[[], object]] = [
+                lambda: check_npy_root(root, corruptions, severities=severities, num_classes=classes)]  # type: ignore[arg-type]
             if any(d.corruption == "clean" for d in domains):
-                checks.append(lambda: find_clean_cifar(root, self.spec.dataset))  # type: ignore[arg-type]
+                checks.append(lambda: CifarCleanTest(find_clean_cifar(root, self.spec.dataset),  # type: ignore[arg-type]
+                                                     self.spec.dataset))
             _all_problems(checks)
         elif self.spec.dataset == "imagenet-c":
-            check_folder_root(root, [d for d in domains if d.corruption != "clean"])  # type: ignore[arg-type]
+            check_folder_root(root, [d for d in domains if d.corruption != "clean"],  # type: ignore[arg-type]
+                              per_class=self.spec.per_class, subset_file=self.spec.subset_file,
+                              preprocess=self.spec.preprocess, num_classes=classes)
         else:
             self._fashion_mnist()
 

@@ -57,10 +57,15 @@ def _load_arrays(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     labels_path = args.labels or path.with_name("labels.npy")
     if not labels_path.exists():
         raise CLIError(f"labels file {labels_path} not found; pass --labels")
-    images = np.load(path)
+    from eval.datasets.labels import labels_problem
+
+    images, labels = np.load(path), np.load(labels_path)
+    problem = labels_problem(labels_path, labels)
+    if problem:
+        raise CLIError(f"--labels {problem}")
     if images.ndim == 3:
         images = images[..., None]
-    return images, np.load(labels_path)
+    return images, labels
 
 
 def _parse_domains(args: argparse.Namespace) -> tuple[list[int], list[str]]:

@@ -1,31 +1,45 @@
 """The clean CIFAR-10/100 test split (torchvision's / the authors' python-pickle files), the source domain of CIFAR-C.
 
 RobustBench keeps ``CIFAR-10-C/`` and ``cifar-10-batches-py/`` side by side under one data folder, so the
-clean split is looked for inside the CIFAR-C root and next to it.
+clean split is looked for inside the CIFAR-C root and, failing that, in its parent folder; a file found in
+the parent is named in a logged warning, since it lies outside ``--data-root``.
+
+The file is a pickle, and a pickle can run any code when loaded. It is read with an unpickler that only
+builds what the official release holds (dicts, lists, tuples, bytes, str, numbers and numpy uint8 arrays)
+and refuses every other global, so a crafted file is an error, never a command.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["CIFAR_TEST_FILES", "find_clean_cifar", "CifarCleanTest"]
+from eval.datasets.labels import labels_problem
+
+__all__ = ["CIFAR_TEST_FILES", "CIFAR_CLASSES", "find_clean_cifar", "load_cifar_pickle", "CifarCleanTest"]
+
+logger = logging.getLogger(__name__)
 
 # dataset -> (folder of the official python release, test file, label key); from the CIFAR release page.
 CIFAR_TEST_FILES: dict[str, tuple[str, str, str]] = {
     "cifar10-c": ("cifar-10-batches-py", "test_batch", "labels"),
     "cifar100-c": ("cifar-100-python", "test", "fine_labels"),
 }
+#: Classes of each dataset: every label must be below it.
+CIFAR_CLASSES: dict[str, int] = {"cifar10-c": 10, "cifar100-c": 100}
+_announced: set[Path] = set()
 
 
 def find_clean_cifar(root: str | os.PathLike[str], dataset: str) -> Path:
-    """Return the clean test file for ``dataset`` found in ``root`` or beside it.
+    """Return the clean test file for ``dataset`` found in ``root`` or, logging a warning that names it, beside it.
 
     Raises:
         FileNotFoundError: naming every place looked at and the expected layout.
@@ -34,15 +48,75 @@ def find_clean_cifar(root: str | os.PathLike[str], dataset: str) -> Path:
         raise ValueError(f"no clean CIFAR split for {dataset!r}; choose one of {list(CIFAR_TEST_FILES)}")
     folder, name, _ = CIFAR_TEST_FILES[dataset]
     root = Path(root)
-    candidates = [root / folder / name, root.parent / folder / name]
-    for path in candidates:
-        if path.is_file():
-            return path
+    inside, beside = root / folder / name, root.parent / folder / name
+    if inside.is_file():
+        return inside
+    if beside.is_file():
+        if beside not in _announced:
+            _announced.add(beside)
+            logger.warning("using the clean %s test split %s from the parent folder of --data-root %s "
+                           "(outside --data-root, RobustBench's data/ layout)", dataset, beside, root)
+        return beside
     raise FileNotFoundError(
-        f"the clean domain of {dataset} needs the CIFAR python test split; looked for "
-        f"{', '.join(str(p) for p in candidates)}. Put the extracted official archive's {folder}/ folder "
-        "inside or next to the CIFAR-C folder (RobustBench's data/ layout)"
+        f"the clean domain of {dataset} needs the CIFAR python test split; looked for {inside} (inside --data-root) "
+        f"and {beside} (its parent folder, RobustBench's data/ layout). Put the extracted official archive's "
+        f"{folder}/ folder inside or next to the CIFAR-C folder"
     )
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global that a CIFAR python file never holds."""
+
+
+def _latin1_bytes(text: object, encoding: object = "latin1") -> bytes:
+    """``_codecs.encode`` as Python 3 bytes pickled with protocol 2 use it; latin-1 text only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _RefusedGlobal(f"_codecs.encode of {type(text).__name__} with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+_reconstruct = np.empty(0).__reduce__()[0]  # numpy's array reconstructor, whatever module it lives in
+# The only globals a CIFAR python file needs: numpy arrays (numpy 1 and 2 names) and protocol-2 bytes.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds plain containers, bytes, str, numbers and numpy arrays; refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"{module}.{name}") from None
+
+
+def load_cifar_pickle(path: str | os.PathLike[str]) -> object:
+    """Unpickle a CIFAR python file without running code from it (Python 2 ``str`` is read as latin-1).
+
+    Raises:
+        ValueError: The file asks for anything but the release's types, or is truncated or not a pickle.
+    """
+    try:
+        with open(path, "rb") as handle:
+            return _CifarUnpickler(handle, encoding="latin1").load()
+    except _RefusedGlobal as error:
+        raise ValueError(
+            f"{path}: refused to load it, it asks for {error} and a CIFAR python file holds only dicts, lists, "
+            "bytes, str, numbers and numpy arrays; replace it with the file from the official CIFAR python archive"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a complete CIFAR python test split ({error!r})") from error
+
+
+def _field(entry: dict[Any, Any], key: str) -> Any:
+    """Return ``entry[key]`` under a str key (latin-1 reading) or a bytes key (Python 3 writers)."""
+    return entry[key] if key in entry else entry[key.encode()]
 
 
 class CifarCleanTest(Dataset[tuple[Tensor, Tensor]]):
@@ -50,27 +124,29 @@ class CifarCleanTest(Dataset[tuple[Tensor, Tensor]]):
 
     Args:
         path: The pickle file returned by :func:`find_clean_cifar`.
-        dataset: ``cifar10-c`` or ``cifar100-c`` (which label key to read).
+        dataset: ``cifar10-c`` or ``cifar100-c`` (which label key to read and how many classes).
         limit: Use only the first ``limit`` images.
 
     Raises:
-        ValueError: If the file is truncated or not a CIFAR test split.
+        ValueError: If the file is refused, truncated or not a CIFAR test split, or a label is not a class.
     """
 
     def __init__(self, path: str | os.PathLike[str], dataset: str, *, limit: int | None = None) -> None:
         label_key = CIFAR_TEST_FILES[dataset][2]
+        entry = load_cifar_pickle(path)
         try:
-            with open(path, "rb") as handle:
-                entry = pickle.load(handle, encoding="latin1")  # the official release's own format
-            data = np.asarray(entry["data"], dtype=np.uint8)
-            labels = np.asarray(entry[label_key], dtype=np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path} is not a complete CIFAR python test split ({error!r})") from error
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-            raise ValueError(f"{path}: expected (N, 3072) uint8 images and N labels, got {data.shape} and {labels.shape}")
+            data, labels = _field(entry, "data"), np.asarray(_field(entry, label_key))  # type: ignore[arg-type]
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a CIFAR python test split (no {error} entry)") from error
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise ValueError(f"{path}: expected (N, 3072) uint8 images, found {found}")
+        problem = labels_problem(path, labels, CIFAR_CLASSES[dataset])
+        if problem or len(labels) != len(data):
+            raise ValueError(problem or f"{path}: {len(data)} images but {len(labels)} labels")
         count = len(labels) if limit is None else min(limit, len(labels))
         self.images = data[:count].reshape(-1, 3, 32, 32)
-        self.labels = labels[:count]
+        self.labels = labels[:count].astype(np.int64)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

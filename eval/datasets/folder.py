@@ -3,11 +3,21 @@
 Class indices are the sorted WordNet ids (the torchvision ImageNet order). Preprocessing is recorded
 with every result: ``res256crop224`` (resize 256, center-crop 224: the RobustBench / Tent / CoTTA
 evaluation) or ``none`` (the stored 224 x 224 images as they are).
+
+:func:`check_folder_root` lists every problem of the selected images before any work: missing
+folders, class folders that differ between domains or outnumber the model's classes, images whose
+header does not parse (PIL ``Image.open``: every JPEG marker up to the start of the scan) or that are
+cut short (a JPEG without its end-of-image marker ``FF D9`` in its last 1 KiB; other formats through
+PIL's ``verify``), and, with ``--preprocess none``, images whose sizes differ. The pixel data is not
+decoded up front (about 10x the cost: 0.26 ms per 224 px JPEG against 0.03 ms for these checks), so a
+JPEG whose scan is damaged without being cut short still fails only when it is read, naming the file.
 """
 
 from __future__ import annotations
 
 import os
+import struct
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -20,7 +30,8 @@ from torchvision import transforms
 
 from eval.domains import Domain
 
-__all__ = ["Preprocess", "ImageFolderDomain", "check_folder_root", "list_images", "preprocess_transform"]
+__all__ = ["Preprocess", "ImageFolderDomain", "check_folder_root", "class_folders", "list_images",
+           "preprocess_transform"]
 
 Preprocess = Literal["res256crop224", "none"]
 _EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -40,9 +51,8 @@ def domain_dir(root: Path, domain: Domain) -> Path:
     return root if domain.corruption == "clean" else root / domain.corruption / str(domain.severity)
 
 
-def check_folder_root(root: str | os.PathLike[str], domains: Sequence[Domain]) -> None:
+def _missing_folders(root: Path, domains: Sequence[Domain]) -> None:
     """Raise ``FileNotFoundError`` listing every domain folder that is missing or has no class folders."""
-    root = Path(root)
     problems = []
     for domain in domains:
         folder = domain_dir(root, domain)
@@ -57,6 +67,95 @@ def check_folder_root(root: str | os.PathLike[str], domains: Sequence[Domain]) -
         )
 
 
+def check_folder_root(
+    root: str | os.PathLike[str],
+    domains: Sequence[Domain],
+    *,
+    per_class: int | None = None,
+    subset_file: str | os.PathLike[str] | None = None,
+    preprocess: Preprocess | None = None,
+    num_classes: int | None = None,
+) -> None:
+    """Check the folders and every selected image of ``domains`` before any work (see the module docstring).
+
+    Args:
+        root: The ImageNet-C root.
+        domains: The domains that will be read.
+        per_class, subset_file: The selection of :func:`list_images`; only selected images are checked.
+        preprocess: With ``none`` the images are batched as stored, so they must share one size.
+        num_classes: When known, the model's classes: more class folders would give labels it cannot predict.
+
+    Raises:
+        FileNotFoundError: Listing every missing or empty domain folder.
+        ValueError: Listing every class-folder mismatch, unreadable or cut-short image and size mismatch.
+    """
+    root = Path(root)
+    _missing_folders(root, domains)
+    problems: list[str] = []
+    reference: tuple[Domain, list[str]] | None = None
+    items: list[Path] = []
+    for domain in domains:
+        folder = domain_dir(root, domain)
+        classes = class_folders(folder)
+        if num_classes is not None and len(classes) > num_classes:
+            problems.append(f"{folder} has {len(classes)} class folders but the model has {num_classes} classes")
+        if reference is None:
+            reference = (domain, classes)
+        elif classes != reference[1]:
+            extra = sorted(set(classes) ^ set(reference[1]))[:5]
+            problems.append(f"{folder}: class folders differ from those of {domain_dir(root, reference[0])} "
+                            f"(e.g. {', '.join(extra) or 'their order'}), so class indices would not match")
+        items += [path for path, _ in list_images(folder, per_class=per_class,
+                                                 subset_file=Path(subset_file) if subset_file else None)]
+    problems += _image_problems(items, preprocess)
+    if problems:
+        raise ValueError(f"ImageNet-C layout under {root}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+
+
+def _image_problems(paths: Sequence[Path], preprocess: Preprocess | None) -> list[str]:
+    """Return one line naming every unreadable or cut-short image, and one for mismatched sizes."""
+    broken, sizes = [], {}
+    for path in paths:
+        try:
+            sizes[path] = _checked_size(path)
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as error:
+            broken.append(f"{path} ({error})")
+    problems = []
+    if broken:
+        problems.append(f"{len(broken)} image(s) cannot be read (truncated or not an image): " + ", ".join(broken))
+    if preprocess == "none" and len(set(sizes.values())) > 1:
+        problems.append(_size_problem(sizes))
+    return problems
+
+
+def _checked_size(path: Path) -> tuple[int, int]:
+    """Return the image's (width, height) after checking its header and that it is not cut short."""
+    with Image.open(path) as image:
+        size, jpeg = image.size, image.format == "JPEG"
+        if not jpeg:
+            image.verify()
+    if jpeg:
+        with open(path, "rb") as handle:
+            handle.seek(max(path.stat().st_size - 1024, 0))
+            if b"\xff\xd9" not in handle.read():
+                raise OSError("no JPEG end-of-image marker: the file is cut short")
+    return size
+
+
+def _size_problem(sizes: dict[Path, tuple[int, int]], shown: int = 20) -> str:
+    (common, _), = Counter(sizes.values()).most_common(1)
+    odd = [f"{path} ({w}x{h})" for path, (w, h) in sizes.items() if (w, h) != common]
+    more = f" and {len(odd) - shown} more" if len(odd) > shown else ""
+    return (f"--preprocess none batches the stored images as they are, so they must share one size; {len(odd)} of "
+            f"{len(sizes)} differ from {common[0]}x{common[1]}: {', '.join(odd[:shown])}{more}; pass --preprocess "
+            "res256crop224 (resize 256, centre-crop 224) to evaluate them")
+
+
+def class_folders(folder: Path) -> list[str]:
+    """Return the class folder names (WordNet ids) of a domain folder, sorted: class ``i`` is the ``i``-th."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
 def list_images(folder: Path, *, per_class: int | None = None, subset_file: Path | None = None) -> list[tuple[Path, int]]:
     """Return ``(path, class index)`` pairs in sorted order, optionally a subset.
 
@@ -66,7 +165,7 @@ def list_images(folder: Path, *, per_class: int | None = None, subset_file: Path
         subset_file: A text file of ``<wnid>/<image>`` lines to keep (e.g. RobustBench's 5,000 ids);
             overrides ``per_class``.
     """
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = class_folders(folder)
     wanted = None
     if subset_file is not None:
         wanted = {line.strip() for line in Path(subset_file).read_text().splitlines() if line.strip()}
@@ -101,7 +200,7 @@ class ImageFolderDomain(Dataset[tuple[Tensor, Tensor]]):
         per_class: int | None = None,
         subset_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        check_folder_root(root, [domain])
+        _missing_folders(Path(root), [domain])  # the images are checked by check_folder_root, once per run
         self.domain = domain
         self.transform = preprocess_transform(preprocess)
         self.items = list_images(domain_dir(Path(root), domain), per_class=per_class,

@@ -1,8 +1,10 @@
 """Write corrupted copies of a clean dataset to disk: the CIFAR-10-C ``.npy`` or ImageNet-C folder layout.
 
 - ``npy``: ``<out>/<corruption>.npy`` holds uint8 ``(S * N, H, W, C)`` images, the requested
-  severities stacked in increasing order (CIFAR-10-C: all five, ``5 * 10000`` images), and
-  ``<out>/labels.npy`` the labels tiled ``S`` times.
+  severities stacked in increasing order (CIFAR-10-C: all five, ``5 * 10000`` images),
+  ``<out>/labels.npy`` the labels tiled ``S`` times, and ``<out>/severities.json`` which severities
+  and N (see :mod:`eval.datasets.npy`). One folder holds one set of severities: adding other
+  severities to it is refused before any work.
 - ``folder``: ``<out>/<corruption>/<severity>/<class>/<file>``, ImageNet-C's layout; every
   image keeps its class folder and file name. JPEG files are saved at quality 85, as ImageNet-C's
   were; other extensions are saved losslessly by PIL.
@@ -30,6 +32,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from eval.datasets.labels import labels_problem
+from eval.datasets.npy import NPY_LAYOUT_FILE, NpyLayout, read_npy_layout, write_npy_layout
 from eval.datasets.on_the_fly import batch_seed
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolderSource", "Layout", "load_image_folder", "write_corrupted"]
@@ -129,9 +133,12 @@ def write_corrupted(
         labels = np.asarray(source.labels)
     if layout == "npy" and labels is None:
         raise ValueError("the npy layout needs labels: pass labels=... for an array source")
+    problem = None if labels is None else labels_problem("labels", np.asarray(labels))
+    if problem:
+        raise ValueError(problem)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    writer = _NpyWriter(out, images, labels) if layout == "npy" else _FolderWriter(out, images, labels)
+    writer = _NpyWriter(out, images, labels, severities) if layout == "npy" else _FolderWriter(out, images, labels)
     parts = [(name, severity) for name in corruptions for severity in severities]
     done = sum(images.count for part in parts if writer.is_done(*part))
     if on_start is not None:
@@ -206,13 +213,14 @@ def _to_uint8(y: Tensor) -> list[np.ndarray]:
 class _NpyWriter:
     """The CIFAR-10-C layout; parts live in ``<out>/.parts/<corruption>/<severity>.npy`` until stacked."""
 
-    def __init__(self, out: Path, images: _Images, labels: np.ndarray | None) -> None:
+    def __init__(self, out: Path, images: _Images, labels: np.ndarray | None, severities: Sequence[int]) -> None:
         if images.array is None and images.size is None:
             raise ValueError("the npy layout needs images of one size: pass size=... for an image folder")
         self.out, self.images = out, images
         self.labels = np.asarray(labels)
         if len(self.labels) != images.count:
             raise ValueError(f"{images.count} images but {len(self.labels)} labels")
+        _record_layout(out, NpyLayout(tuple(severities), images.count))
 
     def _part(self, name: str, severity: int) -> Path:
         return self.out / ".parts" / name / f"{severity}.npy"
@@ -236,13 +244,30 @@ class _NpyWriter:
         labels = self.out / "labels.npy"
         if not labels.exists():
             _save_npy(labels, np.tile(self.labels, len(severities)))
+        record = self.out / NPY_LAYOUT_FILE
         if severity != severities[-1] or final.exists():
-            return [final, labels] if final.exists() else []
+            return [final, labels, record] if final.exists() else []
         _save_npy(final, np.concatenate([np.load(self._part(name, s)) for s in severities]))
         shutil.rmtree(self.out / ".parts" / name)
         if not any((self.out / ".parts").iterdir()):
             (self.out / ".parts").rmdir()
-        return [final, labels]
+        return [final, labels, record]
+
+
+def _record_layout(out: Path, layout: NpyLayout) -> None:
+    """Record ``layout`` in ``out``, refusing a folder whose arrays already hold other severities or images."""
+    labels = out / "labels.npy"
+    rows = int(np.load(labels, mmap_mode="r").shape[0]) if labels.is_file() else layout.rows
+    if (out / NPY_LAYOUT_FILE).is_file():
+        found = read_npy_layout(out, rows)
+        if (found.severities, found.per_severity) != (layout.severities, layout.per_severity):
+            raise ValueError(f"{out} holds severities {list(found.severities)} of {found.per_severity} images "
+                             f"({found.describe()}); write severities {list(layout.severities)} of "
+                             f"{layout.per_severity} images to another --out folder")
+    elif rows != layout.rows:
+        raise ValueError(f"{labels} holds {rows} labels, not {len(layout.severities)} severities x "
+                         f"{layout.per_severity} images; write to another --out folder")
+    write_npy_layout(out, layout)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

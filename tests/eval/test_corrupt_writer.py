@@ -46,13 +46,14 @@ def test_write_npy_layout_stacks_severities_like_cifar10c(tmp_path: Path) -> Non
     images, labels = clean_arrays()
     written = write_corrupted(images, tmp_path / "out", layout="npy", corruptions=["contrast", "gaussian_noise"],
                               severities=[2, 1], labels=labels, batch_size=4)
-    assert {p.name for p in written} == {"contrast.npy", "gaussian_noise.npy", "labels.npy"}
+    assert {p.name for p in written} == {"contrast.npy", "gaussian_noise.npy", "labels.npy", "severities.json"}
     noise = np.load(tmp_path / "out" / "gaussian_noise.npy")
     assert noise.shape == (12, 16, 16, 3) and noise.dtype == np.uint8
     assert np.array_equal(noise[:6], expected_part(images, "gaussian_noise", 1, 4))
     assert np.array_equal(noise[6:], expected_part(images, "gaussian_noise", 2, 4))
     assert np.array_equal(np.load(tmp_path / "out" / "labels.npy"), np.tile(labels, 2))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["contrast.npy", "gaussian_noise.npy", "labels.npy"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["contrast.npy", "gaussian_noise.npy", "labels.npy",
+                                                                    "severities.json"]
 
 
 def test_write_resumes_after_an_interruption_with_identical_output(tmp_path: Path) -> None:
