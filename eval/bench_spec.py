@@ -16,9 +16,12 @@ from eval.edge_runtime import RUNTIMES, Runtime, check_runtime_methods
 from eval.protocols import get_protocol
 from eval.suites import SuiteSpec
 
-__all__ = ["BenchSpec", "check_device_available", "resolve_device"]
+__all__ = ["BenchSpec", "check_device_available", "check_seed", "resolve_device", "SEEDS"]
 
 _SEVERITIES = range(1, 6)  # the five ImageNet-C severities
+SEEDS = range(2**63)
+"""The seeds a run takes: torch and numpy generators take them, and the results store keeps them as 64-bit
+SQLite integers (``numpy.random.default_rng`` refuses negative seeds, SQLite integers above ``2**63 - 1``)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,13 @@ class BenchSpec:
             check_runtime_methods(self.methods)
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or omitted for every image), got {self.limit}")
+        check_seed(self.seed)
+        if self.suite.num_workers < 0:
+            raise ValueError(f"data-loading workers must be >= 0, got {self.suite.num_workers}")
+        if self.suite.per_class is not None and self.suite.per_class < 1:
+            raise ValueError(f"images per class must be >= 1 (or omitted for all), got {self.suite.per_class}")
         if self.online_cost not in (None, "auto") and not float(self.online_cost) >= 1.0:
             raise ValueError(f"online cost must be 'auto' or a number >= 1, got {self.online_cost!r}")
 
@@ -98,6 +108,12 @@ def _check_severities(severities: Sequence[int]) -> None:
     repeated = sorted(s for s, count in Counter(severities).items() if count > 1)
     if repeated:
         raise ValueError(f"severity(ies) {repeated} given more than once in {list(severities)}; list each once")
+
+
+def check_seed(seed: int) -> None:
+    """Raise ``ValueError`` unless ``seed`` is an integer in :data:`SEEDS` (``0 .. 2**63 - 1``)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed not in SEEDS:
+        raise ValueError(f"seed must be an integer in 0..{SEEDS[-1]}, got {seed}")
 
 
 def _device_count(kind: str) -> int | None:

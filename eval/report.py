@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+from eval.atomic_files import write_atomically
 from eval.baselines import ALEXNET_ERRORS
 from eval.domains import Domain
 from eval.metrics import mean_corruption_error
@@ -113,10 +114,12 @@ def _grouped_bars(table: Mapping[str, Mapping[K, float]], groups: Sequence[K], l
 
 
 def _save(plt: ModuleType, fig: Any, path: str | os.PathLike[str]) -> None:
-    """Write ``fig`` to ``path`` (its missing folders created, the format from its extension) and close it."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Write ``fig`` to ``path`` atomically (missing folders created, the format from its extension) and close it."""
+    image_format = Path(path).suffix[1:].lower() or "png"
+    try:
+        write_atomically(path, lambda handle: fig.savefig(handle, format=image_format, dpi=120))
+    finally:
+        plt.close(fig)
 
 
 def _pyplot() -> ModuleType:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from eval.commands import bench, corrupt, dann, export, listing, report, train_diffusion, train_source
-
 __all__ = ["COMMANDS"]
 
-# The one place where subcommands are registered, in the order `tta --help` shows them.
-COMMANDS: tuple[ModuleType, ...] = (bench, report, corrupt, export, train_source, train_diffusion, dann, listing)
+
+def __getattr__(name: str) -> tuple[ModuleType, ...]:
+    """Return ``COMMANDS``, importing the subcommands (and torch) on first use, not with :mod:`eval.commands.errors`."""
+    if name != "COMMANDS":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from eval.commands import bench, corrupt, dann, export, listing, report, train_diffusion, train_source
+
+    # The one place where subcommands are registered, in the order `tta --help` shows them.
+    return (bench, report, corrupt, export, train_source, train_diffusion, dann, listing)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from eval.atomic_files import write_text_atomically
 from eval.bench import BenchSpec, IncompleteBench, check_device_available, open_bench, run_bench
 from eval.stream_checkpoints import states_folder
 from eval.commands.errors import CLIError
@@ -179,8 +180,7 @@ def write_results(results: Results, path: Path) -> None:
     """Write records as JSON or CSV, or the markdown table, by the extension (one of :data:`OUT_FORMATS`)."""
     check_output_file(path, "--out", suffixes=OUT_FORMATS)
     text = {".json": results.to_json, ".csv": results.to_csv, ".md": results.to_markdown}[path.suffix.lower()]()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_text_atomically(path, text)
 
 
 def check_args(args: argparse.Namespace) -> tuple[BenchSpec, Suite]:

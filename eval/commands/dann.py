@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from eval.atomic_files import write_text_atomically
 from eval.commands.errors import CLIError
 from eval.commands.options import split_csv
 from eval.commands.progress import progress_bar
@@ -60,8 +61,10 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 def run(args: argparse.Namespace) -> int:
     """Train (resuming from ``<out>.fit`` if present), write the checkpoint, print the scores."""
+    from eval.bench_spec import check_seed
     from eval.corruptions import list_corruptions
 
+    check_seed(args.seed)
     is_folder = Path(args.target).is_dir()
     if not is_folder and args.target not in list_corruptions("available"):
         raise CLIError(f"--target {args.target!r} is neither a folder nor a corruption; "
@@ -105,6 +108,5 @@ def _print_scores(args: argparse.Namespace, reports: list[Any], is_folder: bool)
     print(reports_markdown(reports, source_error))
     print(f"wrote {args.out}; score it with `tta bench --checkpoint {args.out} --methods source`", file=sys.stderr)
     if args.report is not None:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
         payload = {"source_error": source_error, "arms": [r.to_dict() for r in reports]}
-        args.report.write_text(json.dumps(payload, indent=1, default=float))
+        write_text_atomically(args.report, json.dumps(payload, indent=1, default=float))

@@ -73,8 +73,10 @@ def _adapt(adapter: torch.nn.Module, args: argparse.Namespace) -> torch.Tensor:
 def run(args: argparse.Namespace) -> int:
     """Build the adapter, optionally adapt it, export and verify; print what was written."""
     import tta
+    from eval.bench_spec import check_seed
     from eval.models import load_source_model
 
+    check_seed(args.seed)
     if args.adapt_on is not None and args.mode != "frozen":
         raise CLIError("--adapt-on adapts in PyTorch before a frozen export; an adaptive graph adapts on the device")
     if args.batch_size < 1:

@@ -48,7 +48,11 @@ def _stored_values(records: list[Record], filters: dict[str, object]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the table in the chosen format and write the requested plots."""
+    """Print the table in the chosen format and write the requested plots (each atomically).
+
+    The store is opened read-only, so a report never changes it; a file that is not a results store,
+    or a row that does not hold a valid record (named by its rowid), is refused with exit code 2.
+    """
     for flag in ("--plot", "--plot-protocols", "--plot-stream"):
         path = getattr(args, flag[2:].replace("-", "_"))
         if path is not None:
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.results.is_file():
         raise CLIError(f"no results store at {args.results}; run `tta bench --results {args.results}` first")
     filters = {name: getattr(args, name) for name in _FILTERS if getattr(args, name) is not None}
-    with ResultsStore(args.results) as store:
+    with ResultsStore(args.results, read_only=True) as store:  # a report never changes the file
         results = Results(store.records(**filters))
         stored = store.records() if not results else []
     if not results:

@@ -31,7 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume), write the checkpoint, print its final loss."""
+    from eval.bench_spec import check_seed
     from eval.diffusion_training import resume_path, train_diffusion
+
+    check_seed(args.seed)
 
     with progress_bar("train-diffusion", "step") as bar:
 

@@ -25,7 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, write the checkpoint, print its clean test accuracy."""
+    from eval.bench_spec import check_seed
     from eval.training import train_source
+
+    check_seed(args.seed)
 
     with progress_bar("train-source", "step") as bar:
 
