@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["read_torch_file"]
+__all__ = ["read_torch_file", "load_without_code", "unreadable_reason"]
+
+# Sentences of torch's refusal text that advise loading the file anyway (weights_only=False, allowlisting
+# the global "if you trust the source") or point to its docs: a refusal must never repeat them.
+_ADVICE = re.compile(r"weights.only|trust|allowlist|safe_globals|can still be loaded|file an issue|documentation",
+                     re.IGNORECASE)
+# What torch names when a pickle asks for a function or class beyond tensors and plain containers.
+_CODE = re.compile(r"GLOBAL (\S+?)\.?(?:\s|$)|unrecognized function (.+?)(?: which belongs|$)|"
+                   r"allowlisted via `add_safe_globals`,? but got (.+)$", re.MULTILINE)
 
 
 def read_torch_file(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu",
@@ -33,28 +42,40 @@ def read_torch_file(path: str | os.PathLike[str], *, map_location: str | torch.d
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} not found")
     try:
-        with warnings.catch_warnings():  # torch warns about a plain pickle's protocol before refusing it
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return load_without_code(path, map_location=map_location)
     except Exception as error:  # noqa: BLE001 - malformed bytes surface as any of a dozen types (OSError, KeyError, ...)
-        raise ValueError(f"{what} {path} is not readable: {_reason(error)}") from error
+        raise ValueError(f"{what} {path} is not readable: {unreadable_reason(error)}") from error
 
 
-def _reason(error: Exception) -> str:
-    """Return one line saying why ``torch.load(weights_only=True)`` refused a file."""
-    detail = _detail(error)
-    if isinstance(error, pickle.UnpicklingError) and detail.startswith("Unsupported global"):
-        found = detail.split(" was not an allowed global", 1)[0]  # drop torch's advice to allowlist it
-        return (f"it holds objects other than tensors and plain containers ({found}): not a checkpoint readable "
-                "without executing code (torch.load with weights_only=True refused it)")
+def load_without_code(path: Path, *, map_location: str | torch.device = "cpu") -> object:
+    """Return ``torch.load(path, weights_only=True)``; raises what torch raises (see :func:`unreadable_reason`)."""
+    with warnings.catch_warnings():  # torch warns about a plain pickle's protocol before refusing it
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def unreadable_reason(error: Exception) -> str:
+    """Return one line saying why ``torch.load(weights_only=True)`` refused a file, without torch's advice."""
+    text = _without_ansi(str(error))
+    code = _CODE.search(text)
+    if isinstance(error, pickle.UnpicklingError) and code is not None:
+        found = next(group for group in code.groups() if group).strip()
+        return (f"it holds code or objects other than tensors and plain containers ({found}), which are refused: "
+                "not a checkpoint readable without executing code")
+    detail = _detail(text)
     if isinstance(error, (OSError, RuntimeError, EOFError)):
         return f"truncated or not a file written by torch.save ({type(error).__name__}: {detail})"
     return f"corrupt or not a file written by torch.save ({type(error).__name__}: {detail})"
 
 
-def _detail(error: Exception) -> str:
-    """Return the informative line of ``error``: torch's weights-only refusals put it after advice paragraphs."""
-    text = str(error)
+def _without_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def _detail(text: str) -> str:
+    """Return the first informative sentence of torch's message: its advice paragraphs come before it."""
     _, marker, rest = text.partition("WeightsUnpickler error:")
-    lines = [line.strip() for line in (rest if marker else text).splitlines() if line.strip()]
-    return lines[0] if lines else "no detail"
+    lines = (line.strip() for line in (rest if marker else text).splitlines())
+    sentences = (s.strip() for line in lines for s in re.split(r"(?<=\.)\s+", line))
+    informative = [s for s in sentences if s and not _ADVICE.search(s)]
+    return informative[0] if informative else "no detail"

@@ -126,10 +126,11 @@ def resume(adapter: TTAMethod, path: str | os.PathLike[str]) -> bool:
 
     With no file at ``path`` (the first start) the adapter keeps its source state and a message is
     logged. A file that exists but is not a state of this method and model raises, so a damaged or
-    foreign checkpoint is never silently ignored.
+    foreign checkpoint is never silently ignored (nor loaded: the file's digest is checked first).
 
     Raises:
-        ValueError: the file is not an adaptation state of this method and architecture.
+        ValueError: the file is damaged, or not an adaptation state of this method, its settings and
+            architecture (see :func:`tta.state.load_state`).
     """
     path = Path(path)
     if not path.exists():

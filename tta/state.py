@@ -1,5 +1,8 @@
 """Save and load the complete adaptation state of a method to a file, atomically, for a new process.
 
+The file carries a digest of its whole content and the method's settings: a damaged file, or a state
+of the same method built with other options, is refused before anything is loaded.
+
 A state can also be saved relative to the method's source: tensors that still equal the reset
 snapshot, and the snapshot itself, are left out and replaced by a fingerprint of the snapshot. Such a
 file loads only into an adapter wrapped around the same source model (checked), and is much smaller
@@ -8,7 +11,6 @@ when adaptation touches few tensors (Tent: the normalization affines) or keeps f
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tta._io import atomic_torch_save
+from tta._torch_load import load_without_code, unreadable_reason
 from tta.snapshot import restore_snapshot, take_snapshot
 from tta.state_record import (
-    RELATIVE_STATE_FORMAT, STATE_FORMAT, check_fits, check_optimizers, check_record, on_cpu, optimizer_settings,
+    RELATIVE_STATE_FORMAT, STATE_FORMAT, check_fits, check_intact, check_method_settings, check_optimizers,
+    check_record, content_digest, method_settings, on_cpu, optimizer_settings, with_digest,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +53,7 @@ def save_state(adapter: TTAMethod, path: str | os.PathLike[str], *, relative_to_
         "method": type(adapter).__name__,
         "optimizers": [on_cpu(opt.state_dict()) for opt in adapter.optimizers],
         "optimizer_settings": [optimizer_settings(opt) for opt in adapter.optimizers],
+        "method_settings": method_settings(adapter),
     }
     if relative_to_source:
         source, source_optimizers = adapter._snapshot
@@ -59,7 +64,7 @@ def save_state(adapter: TTAMethod, path: str | os.PathLike[str], *, relative_to_
                    "module": on_cpu(changed), "unchanged": unchanged, "snapshot": (None, on_cpu(source_optimizers))}
     else:
         record |= {"module": on_cpu(module), "snapshot": on_cpu(adapter._snapshot)}
-    return atomic_torch_save(record, path)
+    return atomic_torch_save(with_digest(record), path)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -69,26 +74,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _fingerprint(snapshot: Snapshot) -> str:
     """Return a digest of the snapshot: its tensors' names, dtypes, shapes and bytes, and its optimizer states."""
-    digest = hashlib.blake2b(digest_size=20)
-    _digest_into(digest, snapshot)
-    return digest.hexdigest()
-
-
-def _digest_into(digest: Any, value: Any) -> None:
-    """Feed ``value`` (tensors, containers of them, plain values) into ``digest``, tensors by their bytes."""
-    if isinstance(value, torch.Tensor):
-        digest.update(f"tensor:{value.dtype}:{tuple(value.shape)};".encode())
-        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            digest.update(f"{key!r}=".encode())
-            _digest_into(digest, item)
-    elif isinstance(value, (list, tuple)):
-        digest.update(f"{type(value).__name__}[{len(value)}]".encode())
-        for item in value:
-            _digest_into(digest, item)
-    else:
-        digest.update(f"{value!r};".encode())
+    return content_digest(snapshot, digest_size=20, framed=False)
 
 
 def load_state(adapter: TTAMethod, path: str | os.PathLike[str]) -> TTAMethod:
@@ -99,16 +85,20 @@ def load_state(adapter: TTAMethod, path: str | os.PathLike[str]) -> TTAMethod:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not an adaptation state, or belongs to another method, architecture,
+        ValueError: the file is damaged (its content does not match its digest, or it is truncated), is
+            not an adaptation state, holds code or objects other than tensors and plain containers, or
+            belongs to another method, architecture, method settings (``stats``, ``steps``, ...),
             optimizer class or optimizer settings (learning rate, betas, ...).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no adaptation state at {path}")
+    record: Any  # checked below, key by key, before anything is used
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for foreign or damaged files
-        raise ValueError(f"{path} is not a readable adaptation state: {error}") from error
+        record = load_without_code(path)
+    except Exception as error:  # noqa: BLE001 - torch raises several types for foreign or damaged files
+        raise ValueError(f"{path} is not a readable adaptation state: {unreadable_reason(error)}") from error
+    check_intact(path, record)
     check_record(path, record, type(adapter).__name__, len(adapter.optimizers))
     module = record["module"]
     if record["format"] == RELATIVE_STATE_FORMAT:
@@ -116,6 +106,7 @@ def load_state(adapter: TTAMethod, path: str | os.PathLike[str]) -> TTAMethod:
     check_fits(path, module, adapter.state_dict())
     if record["format"] == STATE_FORMAT:
         check_fits(path, record["snapshot"][0], adapter.state_dict())
+    check_method_settings(path, record, adapter)  # after the shapes: another architecture is named as such
     check_optimizers(path, record, adapter)
     _load_all_or_nothing(adapter, path, module, record)
     return adapter

@@ -1,10 +1,15 @@
 """The layout of a saved adaptation state, and the checks that refuse a file before anything is loaded.
 
 Every check here only reads: :func:`tta.state.load_state` runs them all before it changes the adapter.
+A state carries a digest of its whole content (:func:`content_digest`), so a file changed after it was
+written (a flipped bit, a partly rewritten block) is refused rather than loaded with other values, and
+the method's settings (:func:`method_settings`), so it never loads into a method that behaves differently.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +19,12 @@ from torch import Tensor
 if TYPE_CHECKING:
     from tta.base import TTAMethod
 
-__all__ = ["check_fits", "check_optimizers", "check_record", "on_cpu", "optimizer_settings"]
+__all__ = [
+    "check_fits", "check_intact", "check_method_settings", "check_optimizers", "check_record", "content_digest",
+    "method_settings", "on_cpu", "optimizer_settings", "with_digest",
+]
+
+logger = logging.getLogger("tta.state")
 
 STATE_FORMAT = 1
 RELATIVE_STATE_FORMAT = 2  # a state saved relative to its source snapshot
@@ -24,6 +34,12 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "method": str, "optimizers": list, "module": dict, "snapshot": (tuple, list),
 }
 _RELATIVE_KEYS: dict[str, type | tuple[type, ...]] = {"source": str, "unchanged": list}
+# Every key a state written before digests existed can have: any other key in a file without a digest is damage.
+_UNDIGESTED_KEYS = {"format", "optimizer_settings", *_KEYS, *_RELATIVE_KEYS}
+DIGEST_KEY = "digest"
+# Plain attributes that the library switches while running (frozen(), statistics recomputation): not settings.
+_RUN_TIME_FLAGS = frozenset({"training", "update_stats"})
+_PLAIN = (bool, int, float, str, type(None))
 
 
 def check_record(path: os.PathLike[str], record: object, method: str, num_optimizers: int) -> None:
@@ -133,3 +149,109 @@ def _equal(a: object, b: object) -> bool:
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
     return bool(a == b)
+
+
+def content_digest(value: Any, *, digest_size: int = 32, framed: bool = True) -> str:
+    """Return the blake2b hex digest of ``value``: tensors by dtype, shape and bytes, containers item by item.
+
+    ``framed`` also feeds each dict's length, so that no two different nestings feed the same bytes. The
+    source fingerprint of relative states is unframed, as first written, so that older files still match it.
+    """
+    digest = hashlib.blake2b(digest_size=digest_size)
+    _digest_into(digest, value, framed)
+    return digest.hexdigest()
+
+
+def _digest_into(digest: Any, value: Any, framed: bool) -> None:
+    """Feed ``value`` (tensors, containers of them, plain values) into ``digest``, tensors by their bytes."""
+    if isinstance(value, Tensor):
+        digest.update(f"tensor:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        if framed:
+            digest.update(f"dict[{len(value)}]".encode())
+        for key, item in value.items():
+            digest.update(f"{key!r}=".encode())
+            _digest_into(digest, item, framed)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}[{len(value)}]".encode())
+        for item in value:
+            _digest_into(digest, item, framed)
+    else:
+        digest.update(f"{value!r};".encode())
+
+
+def with_digest(record: dict[str, Any]) -> dict[str, Any]:
+    """Return ``record`` with the digest of its content added, as :func:`check_intact` expects it."""
+    return record | {DIGEST_KEY: content_digest(record)}
+
+
+def check_intact(path: os.PathLike[str], record: object) -> None:
+    """Raise ``ValueError`` unless ``record`` holds exactly what was written: its content matches its digest.
+
+    A file written before digests existed has none; it is accepted (with a warning) only when it has a
+    known format and no key that older states did not have, so that a damaged digest entry cannot pass
+    a file off as an older one.
+    """
+    if not isinstance(record, dict):
+        return  # not a state at all: check_record says so
+    if DIGEST_KEY not in record:
+        unknown = sorted(str(key) for key in record if key not in _UNDIGESTED_KEYS)
+        if unknown or record.get("format") not in (STATE_FORMAT, RELATIVE_STATE_FORMAT):
+            found = f"unknown entries {', '.join(unknown[:3])}" if unknown else "no known format"
+            raise ValueError(f"{path} is damaged or not an adaptation state written by save_state (no digest, "
+                             f"{found}); nothing was changed")
+        logger.warning("%s has no integrity digest (written by an older version): it is loaded without a check "
+                       "for damage; save it again to add one", path)
+        return
+    content = {key: value for key, value in record.items() if key != DIGEST_KEY}
+    if record[DIGEST_KEY] != content_digest(content):
+        raise ValueError(f"{path} is damaged: its content does not match the digest written with it; nothing "
+                         "was changed (load an intact copy, or save the state again)")
+
+
+def method_settings(adapter: TTAMethod) -> dict[str, Any]:
+    """Return the plain settings of ``adapter`` that a state file records, by attribute path.
+
+    These are the public attributes holding numbers, strings, booleans, ``None`` or tuples of them, of
+    the method itself and of the library's modules inside it (adaptive BatchNorm layers: ``stats``,
+    ``momentum``, ``prior``; DDA's projector; ...). They are what the method's options became, however
+    it was built. The user's own layers are left out: their shapes are checked with the tensors.
+    """
+    settings: dict[str, Any] = {}
+    for name, module in adapter.named_modules():
+        if module is not adapter and type(module).__module__.partition(".")[0] not in ("tta", "adapters_bn"):
+            continue
+        for attribute, value in vars(module).items():
+            if not attribute.startswith("_") and attribute not in _RUN_TIME_FLAGS and _is_plain(value):
+                settings[f"{name}.{attribute}" if name else attribute] = value
+    return settings
+
+
+def _is_plain(value: object) -> bool:
+    """Whether ``value`` is a number, string, boolean, ``None`` or a tuple of them (exact types: loadable as is)."""
+    if type(value) is tuple:
+        return all(_is_plain(item) for item in value)
+    return type(value) in _PLAIN
+
+
+def check_method_settings(path: os.PathLike[str], record: dict[str, Any], adapter: TTAMethod) -> None:
+    """Raise ``ValueError`` naming the settings in which the file's method differs from ``adapter``.
+
+    Only settings on both sides are compared (a setting a newer version adds is not a difference);
+    files written before settings were recorded carry none and are not checked here.
+    """
+    recorded = record.get("method_settings")
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{path} is not a valid adaptation state: its method settings are "
+                         f"{type(recorded).__name__}, not a dict; write states with save_state")
+    current = method_settings(adapter)
+    differing = [key for key in current if key in recorded and not _equal(recorded[key], current[key])]
+    if differing:
+        more = f" (and {len(differing) - 3} more)" if len(differing) > 3 else ""
+        saved = ", ".join(f"{key}={recorded[key]!r}" for key in differing[:3])
+        here = ", ".join(f"{key}={current[key]!r}" for key in differing[:3])
+        raise ValueError(f"{path} was saved with method settings {saved}{more}; this {type(adapter).__name__} has "
+                         f"{here}: build it with the same options to load this state; nothing was changed")
