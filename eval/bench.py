@@ -24,10 +24,11 @@ from eval.bench_spec import BenchSpec, check_device_available, resolve_device
 from eval.bench_work import BenchWork
 from eval.domains import Domain
 from eval.executors import BatchHook, Executor, FinishedCell, LocalExecutor, UnitFailure, UnitOutcome, WorkUnit
+from eval.executors.interrupts import sigterm_interrupts
 from eval.protocols import get_protocol
 from eval.provenance import run_metadata
 from eval.results import CellKey, Record, Results, ResultsStore
-from eval.stream_checkpoints import checkpoint_paths, discard, resumable
+from eval.stream_checkpoints import checkpoint_paths, discard, remove_stale_temporaries_in, resumable
 from eval.suites import Suite, model_id, open_suite
 
 __all__ = ["BenchSpec", "BenchWork", "IncompleteBench", "check_device_available", "check_methods", "open_bench",
@@ -117,7 +118,9 @@ def run_bench(
 
     This process is the only one that writes ``store``: each finished cell the executor hands back
     is committed at once, as a whole row, so an interrupted run keeps every finished cell and a
-    rerun (with any executor) skips them.
+    rerun (with any executor) skips them. While the units run, SIGTERM interrupts like Ctrl-C
+    (:func:`~eval.executors.interrupts.sigterm_interrupts`: the executor stops its work in flight and
+    :class:`~eval.executors.interrupts.Terminated`, a ``KeyboardInterrupt``, propagates).
 
     Args:
         spec: What to run.
@@ -130,7 +133,8 @@ def run_bench(
         stream_states: Folder for the adapter states saved at the domain boundaries of streams (see
             :mod:`eval.stream_checkpoints`), so that a stream that failed or was interrupted after
             some domains resumes there, both when the executor retries it and on a rerun; ``None``
-            recomputes an unfinished stream from its start. The CLI uses ``<results>.streams``.
+            recomputes an unfinished stream from its start. The CLI uses ``<results>.streams``. Temporary
+            files that writers killed mid-save left there are removed first.
         suite: The suite as :func:`open_bench` opened and checked it; ``None`` opens and checks it here.
 
     Raises:
@@ -148,7 +152,8 @@ def run_bench(
              for u in plan_units(spec)]
     pending = [_resumed(u, keys, spec, store) for u in units
                if not all(store.has(keys[u.method, d]) for d in u.domains)]
-    pending_domains = dict.fromkeys(d for u in pending for d in u.domains[u.start:])
+    # Every domain of a pending unit: a stream whose planned state is gone when it starts runs earlier domains too.
+    pending_domains = dict.fromkeys(d for u in pending for d in u.domains)
     batches = {d: -(-suite.num_examples(d, spec.limit) // spec.batch_size) for d in pending_domains}
     if on_start is not None:
         stored = len(keys) - sum(len(u.domains) - u.start for u in pending)
@@ -167,9 +172,12 @@ def run_bench(
         if on_unit is not None:
             on_unit(outcome, sum(batches[d] for d in outcome.unit.domains[outcome.unit.start:]))
 
+    if stream_states is not None:
+        remove_stale_temporaries_in(stream_states)
     work = BenchWork(spec, suite=suite)
-    failures = executor.run(work, pending, on_cell=write, on_unit=unit_done, on_batch=on_batch,
-                            resume=lambda unit: _resumed(unit, keys, spec, store))
+    with sigterm_interrupts():
+        failures = executor.run(work, pending, on_cell=write, on_unit=unit_done, on_batch=on_batch,
+                                resume=lambda unit: _resumed(unit, keys, spec, store))
     records = (store.get(keys[m, d]) for d in spec.domains for m in spec.methods)
     results = Results(r for r in records if r is not None)
     if failures:

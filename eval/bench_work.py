@@ -6,6 +6,7 @@ finished cells; only the driver (:func:`eval.bench.run_bench`) writes them to th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,10 +23,13 @@ from eval.executors.faults import maybe_fail, maybe_fail_on_entry
 from eval.online import OnlineAdapter, relative_cost
 from eval.protocols import Loaders, get_protocol
 from eval.runner import CellStats, run_benchmark
-from eval.streams import StreamItem
+from eval.stream_checkpoints import resume_point
+from eval.streams import Protocol, StreamItem
 from eval.suites import Suite, SuiteSpec, open_suite
 from tta import TTAMethod
 from tta.guard import CollapseGuard
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["BenchWork"]
 
@@ -65,8 +69,10 @@ class BenchWork:
         """Run ``unit`` from a fresh adapter and return its final cells (see :class:`~eval.executors.UnitWork`).
 
         A unit with ``start > 0`` runs only its domains from ``start`` on, from the adapter state saved
-        after the domain before (when the protocol carries state); a unit with ``checkpoints`` saves
-        the adapter's state after each of its domains as the domain's cell is handed on.
+        after the domain before (when the protocol carries state), or from an earlier one if that state
+        is gone by the time the unit starts (:func:`~eval.stream_checkpoints.resume_point`; the cells and
+        outcome then carry the unit as it ran). A unit with ``checkpoints`` saves the adapter's state
+        after each of its domains as the domain's cell is handed on.
         """
         spec = self.spec
         maybe_fail(unit.method, unit.domains)  # test-only fault injection; a no-op otherwise
@@ -75,15 +81,15 @@ class BenchWork:
         suite.model.to(device)
         options = {**suite.method_defaults(unit.method), **spec.options.get(unit.method, {})}
         adapter = tta.wrap(suite.model, unit.method, **options).to(device)
+        protocol = get_protocol(spec.protocol, seed=spec.seed)
+        unit = _resume(adapter, unit, protocol)
         loaders = {
             d: suite.loader(d, batch_size=spec.batch_size, seed=spec.seed, limit=spec.limit, device=device)
             for d in unit.domains[unit.start:]
         }
         runner = self._runner(adapter, loaders, suite, device)
-        protocol = get_protocol(spec.protocol, seed=spec.seed)
         stream = protocol.stream(loaders)
         if unit.start and protocol.carries_state:
-            adapter.load_state(unit.checkpoints[unit.start - 1])
             stream = _without_first_reset(stream)
         streamed = on_cell is not None and protocol.contiguous
 
@@ -116,6 +122,24 @@ class BenchWork:
                 cost = relative_cost(adapter, suite.model, _first_batch(loaders).to(device))
             return OnlineAdapter(adapter, float(cost))
         return adapter
+
+
+def _resume(adapter: TTAMethod | CollapseGuard, unit: WorkUnit, protocol: Protocol) -> WorkUnit:
+    """Return ``unit`` set to where it resumes now, the state it resumes from loaded into ``adapter``."""
+    while True:
+        unit = resume_point(unit, protocol)
+        if not unit.start or not protocol.carries_state:
+            return unit
+        try:
+            adapter.load_state(unit.checkpoints[unit.start - 1])
+            return unit
+        except FileNotFoundError:  # deleted since resume_point saw it: resume_point now falls back further
+            continue
+        except ValueError as error:  # damaged (digest) or foreign: useless to every rerun, so it goes
+            state = Path(unit.checkpoints[unit.start - 1])
+            _log.warning("stream state %s cannot be used (%s); deleted, the stream resumes from an earlier point",
+                         state, error)
+            state.unlink(missing_ok=True)
 
 
 def _without_first_reset(stream: Iterator[StreamItem]) -> Iterator[StreamItem]:

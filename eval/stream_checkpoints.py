@@ -10,11 +10,18 @@ finds the longest stored prefix whose state file exists and runs only the rest o
 that state: the cells equal an uninterrupted run's (tested). Protocols that
 reset the adapter before every domain resume after the stored prefix without any state. The files
 are deleted once the whole stream is stored.
+
+Several sweeps may share a store and its states. A unit therefore settles where it resumes when it
+starts, not when it was planned (:func:`resume_point`): another sweep may have gone on with the same
+stream meanwhile and deleted the planned state. And temporary files that a writer killed mid-save
+left are removed when a run starts (:func:`remove_stale_temporaries_in`), except those a live writer
+may still be writing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,8 +29,13 @@ from pathlib import Path
 from eval.executors.base import WorkUnit
 from eval.records import CellKey
 from eval.streams import Protocol
+from tta._io import remove_stale_temporaries
 
-__all__ = ["checkpoint_paths", "discard", "resumable", "states_folder"]
+__all__ = ["STALE_SECONDS", "checkpoint_paths", "discard", "remove_stale_temporaries_in", "resumable",
+           "resume_point", "states_folder"]
+
+STALE_SECONDS = 600.0
+"""A temporary state file untouched this long has no live writer (a state is written in one go, in seconds)."""
 
 
 def states_folder(results: Path) -> Path:
@@ -62,6 +74,44 @@ def resumable(unit: WorkUnit, stored: Callable[[int], bool], protocol: Protocol)
     while prefix > 0 and protocol.carries_state and not state_saved(prefix - 1):
         prefix -= 1
     return replace(unit, start=prefix)
+
+
+def resume_point(unit: WorkUnit, protocol: Protocol) -> WorkUnit:
+    """Return ``unit`` set to start at its planned start, or earlier where the state it needs is gone.
+
+    The planned ``start`` follows domains that were stored when the unit was planned; they stay
+    stored, but another sweep on the same store may since have finished the next domain and deleted
+    the state after them. The unit then starts after the longest of those domains whose state is
+    still saved (from the stream's start if none is): its earlier cells are recomputed, equal.
+    """
+    return resumable(unit, lambda i: i < unit.start, protocol)
+
+
+def remove_stale_temporaries_in(folder: Path, *, idle: float = STALE_SECONDS) -> list[Path]:
+    """Delete the temporary files that writers killed mid-save left in the states ``folder``; return them.
+
+    A state ``<name>`` is written to ``.<name>.<random>.tmp`` and renamed. Another sweep on the same
+    store may be writing one now, so only the temporaries of a state none of whose temporaries was
+    modified in the last ``idle`` seconds are removed.
+    """
+    if not folder.is_dir():
+        return []
+    now, by_state = time.time(), dict[str, list[Path]]()
+    for temporary in folder.glob(".*.tmp"):
+        by_state.setdefault(temporary.name[1:].rsplit(".", 2)[0], []).append(temporary)
+    removed = []
+    for name, temporaries in sorted(by_state.items()):
+        if all(now - _modified(t, now) > idle for t in temporaries):
+            removed += remove_stale_temporaries(folder / name)
+    return removed
+
+
+def _modified(path: Path, now: float) -> float:
+    """Return when ``path`` was last modified; ``now`` when it is gone (its writer just renamed it)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return now
 
 
 def discard(unit: WorkUnit) -> None:

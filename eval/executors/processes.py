@@ -13,6 +13,11 @@ Failures: a unit that raises is submitted again (as ``resume`` returns it), at m
 announces the units it starts, so the driver knows which were running: if one was, it crashed and
 is charged the attempt; if several were, none is charged and they run again one at a time, where a
 repeated crash names its unit. Units that had not started run again uncharged.
+
+Lifetime: workers never outlive the driver nor hold its pipes. Each worker sends its stdout and stderr
+to a private log file that the driver relays into its own log, and exits when the driver dies, even
+by SIGKILL (:mod:`eval.executors.worker_lifetime`); an interrupt of the driver (Ctrl-C, or SIGTERM
+during :func:`eval.bench.run_bench`) terminates them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -41,6 +48,7 @@ from eval.executors.base import (
     UnitWork,
     WorkUnit,
 )
+from eval.executors.worker_lifetime import WorkerOutput, die_with_parent, send_output_to
 
 __all__ = ["ProcessExecutor"]
 
@@ -51,9 +59,12 @@ _DRAIN_SECONDS = 0.5  # how often the driver reads the workers' events while it 
 _EVENTS: Any = None  # in a worker: the queue of its events (units started, cells finished)
 
 
-def _start_worker(threads: int, events: Any) -> None:
-    """Initializer of each worker process: its share of the cores for torch, and the queue of its events."""
+def _start_worker(threads: int, events: Any, parent: int, parent_death_signal: bool, output: str) -> None:
+    """Initializer of each worker process: leave the driver's pipes, die with it, its share of the cores for
+    torch, and the queue of its events."""
     global _EVENTS
+    send_output_to(output)
+    die_with_parent(parent, parent_death_signal=parent_death_signal)
     _EVENTS = events
     torch.set_num_threads(threads)
 
@@ -61,13 +72,15 @@ def _start_worker(threads: int, events: Any) -> None:
 def _run_unit(work: UnitWork, unit: WorkUnit, number: int, attempt: int) -> UnitOutcome:
     """The body of one unit in a worker: announce it, run it, pass each cell on as it is final, return them all.
 
-    Events name the unit by its ``number`` in the run: each message stays a few hundred bytes, which a
-    pipe writes in one piece, so a worker that dies never leaves half a message in the queue.
+    Events name the unit by its ``number`` in the run (and a cell by the ``start`` its unit ran from, which
+    the work may have moved back): each message stays a few hundred bytes, which a pipe writes in one
+    piece, so a worker that dies never leaves half a message in the queue.
     """
     if _EVENTS is None:
         return work(unit)
     _EVENTS.put(("started", number, attempt))  # a SimpleQueue writes at once: known even if the worker dies
-    return work(unit, on_cell=lambda cell: _EVENTS.put(("cell", number, (cell.domain, cell.stats, cell.device))))
+    return work(unit, on_cell=lambda cell: _EVENTS.put(
+        ("cell", number, (cell.unit.start, cell.domain, cell.stats, cell.device))))
 
 
 class ProcessExecutor(Executor):
@@ -125,13 +138,14 @@ class ProcessExecutor(Executor):
                 todo, suspects = _PoolRun(self, self._workers, work, attempts, failures).run(todo, on_cell, on_unit)
             finally:
                 if self._workers.broken:
+                    self._workers.output.close()
                     self._workers = None
         return failures
 
     def close(self) -> None:
         """Stop the worker processes (they finish nothing more); a later :meth:`run` starts new ones."""
         if self._workers is not None:
-            self._workers.pool.shutdown(wait=True, cancel_futures=True)
+            self._workers.close()
             self._workers = None
 
     def __enter__(self) -> ProcessExecutor:
@@ -151,19 +165,28 @@ class ProcessExecutor(Executor):
 
 
 class _Workers:
-    """A spawned process pool and the queue on which its workers announce the units they start."""
+    """A spawned process pool, the queue on which its workers announce the units they start, and their output.
+
+    Workers are spawned by the thread that submits units; Linux's parent-death signal, which fires when
+    that thread ends, is armed only when the pool is made in the main thread (the watchdog covers the rest).
+    """
 
     def __init__(self, jobs: int, threads: int) -> None:
         context = multiprocessing.get_context("spawn")
         self.events = context.SimpleQueue()
         self.started_attempts: set[tuple[int, int]] = set()  # (unit number, attempt)
-        self.cells: list[tuple[int, tuple[Domain, CellStats, str]]] = []  # read from the queue, not handed on yet
+        self.cells: list[tuple[int, tuple[int, Domain, CellStats, str]]] = []  # read from the queue, not handed on yet
         self.broken = False
+        self.output = WorkerOutput()
+        main_thread = threading.current_thread() is threading.main_thread()
         self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
-                                        initargs=(threads, self.events))
+                                        initargs=(threads, self.events, os.getpid(), main_thread,
+                                                  str(self.output.path)))
 
     def drain(self) -> None:
-        """Read the workers' events: units started, cells finished (often enough that the pipe never fills)."""
+        """Read the workers' events (units started, cells finished; often enough that the pipe never fills)
+        and relay what they printed."""
+        self.output.relay()
         while not self.events.empty():
             kind, number, value = self.events.get()
             if kind == "started":
@@ -178,12 +201,18 @@ class _Workers:
         self.pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.terminate()
+        self.output.close()
+
+    def close(self) -> None:
+        """Let the workers finish their units, stop them, and relay and delete their output."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.output.close()
 
     def __enter__(self) -> _Workers:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.close()
 
 
 class _PoolRun:
@@ -250,8 +279,8 @@ class _PoolRun:
         """Read the workers' events and hand on the cells finished since the last call."""
         self.workers.drain()
         cells, self.workers.cells = self.workers.cells, []
-        for number, (domain, stats, device) in cells:
-            unit = self.running[number]
+        for number, (start, domain, stats, device) in cells:
+            unit = replace(self.running[number], start=start)  # as the work ran it
             self.delivered.add((unit, domain))
             self.on_cell(FinishedCell(unit, domain, stats, device))
 

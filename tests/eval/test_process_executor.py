@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -152,6 +154,61 @@ def test_interrupted_process_driver_stops_its_workers_and_resumes(fmnist_dir, ch
     assert [pid for pid in children if Path(f"/proc/{pid}").exists() and not _zombie(pid)] == []
     assert main(args) == 0
     assert stored_rows(results) == episodic(local_rows)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_process_driver_leaves_no_worker_and_no_holder_of_its_pipes(fmnist_dir, checkpoint, tmp_path,  # type: ignore[no-untyped-def]
+                                                                           faults, signum) -> None:
+    """Kill the driver while both workers are busy: they end at once and its stdout reaches EOF.
+
+    SIGTERM is an interrupt (the stored cell is kept, the CLI's interrupted exit); SIGKILL leaves the
+    workers to notice their parent's death on their own.
+    """
+    results = tmp_path / "r.sqlite"
+    args = ["bench", "--data-root", str(fmnist_dir), "--checkpoint", str(checkpoint), "--methods", "source",
+            "--corruptions", "gaussian_noise,contrast,fog", "--batch-size", "16", "--limit", "32",
+            "--results", str(results), "--executor", "processes", "--jobs", "2"]
+    arm_fault(faults, "source", CONTRAST, "stall")
+    arm_fault(faults, "source", FOG, "stall")
+    driver = subprocess.Popen([sys.executable, "-m", "eval.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and driver.poll() is None and (
+                len(stored_rows(results)) < 1 or list(faults.iterdir())):
+            time.sleep(0.2)
+        assert len(stored_rows(results)) == 1 and not list(faults.iterdir()), "both workers never stalled"
+        children = _children(driver.pid)
+        assert len(children) >= 2, "the driver has no worker processes"
+        driver.send_signal(signum)
+        try:
+            _, err = driver.communicate(timeout=10)  # EOF on stdout and stderr: nobody holds the pipes
+        except subprocess.TimeoutExpired:
+            pytest.fail("the driver's stdout/stderr pipes are still open 10 s after it was killed")
+        assert _alive(children, within=5.0) == []
+        if signum == signal.SIGTERM:
+            assert driver.returncode == 130 and "rerun the same command to resume" in err
+        assert len(stored_rows(results)) == 1  # the finished cell is kept
+    finally:
+        for pid in _alive(children, within=0.0):
+            os.kill(pid, signal.SIGKILL)
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        for log in Path(tempfile.gettempdir()).glob(f"tta-workers-{driver.pid}-*.log"):  # a killed driver's
+            log.unlink()
+
+
+def _alive(pids: list[int], *, within: float) -> list[int]:
+    """Return those of ``pids`` still running after waiting up to ``within`` seconds for them to end."""
+    deadline = time.monotonic() + within
+    while True:
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.1)
 
 
 def _children(pid: int) -> list[int]:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from eval.bench import BenchSpec, run_bench
 from eval.cli import main
 from eval.domains import Domain
-from eval.executors import LocalExecutor, WorkUnit
+from eval.executors import LocalExecutor, UnitFailure, UnitOutcome, UnitWork, WorkUnit
 from eval.executors.faults import arm_fault
 from eval.protocols import get_protocol
 from eval.results import ResultsStore
@@ -163,3 +168,94 @@ def test_cli_keeps_stream_states_next_to_the_results(fmnist_dir, checkpoint, tmp
     other = tmp_path / "off.sqlite"
     monkeypatch.setattr(eval.bench_work, "run_benchmark", interrupt_at_fog)
     assert main([*args[:-1], str(other), "--no-stream-states"]) == 130 and not states_folder(other).exists()
+
+
+class _AfterPlanning(LocalExecutor):
+    """Runs ``meanwhile`` after the driver planned its units, before they start: another sweep on the same store."""
+
+    def __init__(self, meanwhile: Callable[[], None]) -> None:
+        super().__init__()
+        self.meanwhile, self.planned, self.ran = meanwhile, list[WorkUnit](), list[WorkUnit]()
+
+    def run(self, work: UnitWork, units: Sequence[WorkUnit], **kwargs: Any) -> list[UnitFailure]:
+        self.planned = list(units)
+        self.meanwhile()
+        on_unit = kwargs.pop("on_unit")
+
+        def record(outcome: UnitOutcome) -> None:
+            self.ran.append(outcome.unit)
+            on_unit(outcome)
+
+        return super().run(work, units, on_unit=record, **kwargs)
+
+
+def _tent_stream(fmnist_dir: Path, checkpoint: Path) -> BenchSpec:
+    return BenchSpec(**{**_spec(fmnist_dir, checkpoint).__dict__, "methods": ("tent",)})
+
+
+def _run_after(spec: BenchSpec, path: Path, meanwhile: Callable[[], None]) -> _AfterPlanning:
+    executor = _AfterPlanning(meanwhile)
+    with ResultsStore(path) as store:
+        run_bench(spec, store, executor=executor, stream_states=states_folder(path))
+    return executor
+
+
+def test_stream_whose_planned_state_another_sweep_finished_and_deleted_runs_from_its_start(  # type: ignore[no-untyped-def]
+        fmnist_dir, checkpoint, tmp_path, uninterrupted) -> None:
+    """Sweep B plans to resume tent at fog; sweep A finishes the stream (deleting its states) before B's unit starts."""
+    spec, path = _tent_stream(fmnist_dir, checkpoint), tmp_path / "r.sqlite"
+    with pytest.raises(KeyboardInterrupt):
+        _run(spec, path, _Interrupt("fog", nth=1))
+    executor = _run_after(spec, path, lambda: _run(spec, path, _Interrupt()))
+    assert [u.start for u in executor.planned] == [2] and [u.start for u in executor.ran] == [0]
+    assert stored_rows(path) == {k: v for k, v in uninterrupted.items() if k[1] == "tent"}
+    assert not states_folder(path).exists()
+
+
+def test_stream_whose_planned_state_is_gone_resumes_from_the_longest_prefix_with_a_state(  # type: ignore[no-untyped-def]
+        fmnist_dir, checkpoint, tmp_path, uninterrupted) -> None:
+    """B plans to resume tent at fog; before it starts, the state after contrast is gone but the one after noise is there."""
+    spec, path, kept = _tent_stream(fmnist_dir, checkpoint), tmp_path / "r.sqlite", tmp_path / "after-noise"
+    with pytest.raises(KeyboardInterrupt):
+        _run(spec, path, _Interrupt("contrast", nth=1))
+    shutil.copytree(states_folder(path), kept)  # the state after noise
+    with pytest.raises(KeyboardInterrupt):
+        _run(spec, path, _Interrupt("fog", nth=1))  # contrast stored, the state after it replaces the one after noise
+
+    def meanwhile() -> None:
+        shutil.rmtree(states_folder(path))
+        shutil.copytree(kept, states_folder(path))
+
+    executor = _run_after(spec, path, meanwhile)
+    assert [u.start for u in executor.planned] == [2] and [u.start for u in executor.ran] == [1]
+    assert stored_rows(path) == {k: v for k, v in uninterrupted.items() if k[1] == "tent"}
+
+
+def test_stream_whose_saved_state_is_damaged_is_recomputed_from_its_start(  # type: ignore[no-untyped-def]
+        fmnist_dir, checkpoint, tmp_path, uninterrupted) -> None:
+    """A flipped byte in the state after contrast: the rerun refuses it, deletes it and recomputes, equal cells."""
+    spec, path = _tent_stream(fmnist_dir, checkpoint), tmp_path / "r.sqlite"
+    with pytest.raises(KeyboardInterrupt):
+        _run(spec, path, _Interrupt("fog", nth=1))
+    (state,) = [p for p in states_folder(path).iterdir() if not p.name.startswith(".")]
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    state.write_bytes(bytes(data))
+    executor = _run_after(spec, path, lambda: None)
+    assert [u.start for u in executor.planned] == [2] and [u.start for u in executor.ran] == [0]
+    assert stored_rows(path) == {k: v for k, v in uninterrupted.items() if k[1] == "tent"}
+
+
+def test_rerun_removes_the_temporary_state_files_of_killed_writers_only(fmnist_dir, checkpoint, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A writer killed mid-save leaves ``.<state>.<random>.tmp``; one written a moment ago may belong to a live sweep."""
+    path = tmp_path / "r.sqlite"
+    folder = states_folder(path)
+    folder.mkdir()
+    stale, live = folder / ".tent-0123.pt.k1ll3d.tmp", folder / ".tent-4567.pt.wr1t1n.tmp"
+    stale.write_bytes(b"half a state")
+    live.write_bytes(b"a state being written")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    _run(_tent_stream(fmnist_dir, checkpoint), path, _Interrupt())
+    assert not stale.exists()
+    assert live.exists()
