@@ -63,7 +63,14 @@ class TTAMethod(LockedModule):
 
         Thread-safe: concurrent calls are serialized, so each sees the state left by a whole previous
         call. A rejected batch (bad shape, dtype, device, NaN/Inf, empty) or a model that does not return
-        logits ``(B, num_classes)`` raises before any state changes (episodic reset included).
+        logits ``(B, num_classes)`` raises before any state changes (episodic reset included). A batch
+        refused during adaptation (the model fails, or its logits, loss or gradients are not finite)
+        raises ``ValueError`` and leaves parameters, buffers, optimizer states and attributes as they were.
+
+        The returned logits are detached: they carry no gradient. Adaptation runs on ``x.detach()``, so an
+        ``x`` that requires grad (``x = preprocess(raw)`` with trainable modules) is never backpropagated
+        into: the caller's modules get no ``.grad`` and the caller's graph stays usable for its own
+        ``backward()``.
         """
         check_batch(x, self.input_ndim)
         with self._lock:
@@ -74,13 +81,16 @@ class TTAMethod(LockedModule):
             return self._forward_locked(x)
 
     def _forward_locked(self, x: Tensor) -> Tensor:
+        x = x.detach()  # adapt on the values only: the caller's graph is neither extended nor freed
         if self.uses_grad:
             check_grad_allowed(type(self).__name__)
         if self.episodic:
             self.reset()
         if x.shape[0] == 1:
             self._warn_batch_of_one()
-        with rolled_back_on_error(self, x), logits_checked(self.model):
+        # one step updates only after its checks (finite_step_); with more, a later step can be refused after
+        # an earlier one updated, so the whole state is kept for the roll-back
+        with rolled_back_on_error(self, x, self.optimizers, everything=self.steps > 1), logits_checked(self.model):
             with torch.enable_grad() if self.uses_grad else torch.no_grad():
                 for _ in range(self.steps):
                     logits = self.adapt_step(x)

@@ -88,7 +88,15 @@ class CollapseGuard(nn.Module):
         return policy
 
     def forward(self, x: Tensor) -> Tensor:
-        """Predict and adapt with the method, unless its predictions have collapsed on this batch."""
+        """Predict and adapt with the method, unless its predictions have collapsed on this batch.
+
+        Thread-safe: the whole step (adapt, compare with the source, act) holds the method's lock, so
+        concurrent calls give the results of some serial order of the same calls, resets included.
+        """
+        with self.adapter._lock:  # re-entrant: the method's own forward and reset take it again
+            return self._step(x)
+
+    def _step(self, x: Tensor) -> Tensor:
         if self._frozen:  # inside frozen(): the method predicts, the guard neither counts nor acts
             return self.adapter(x)
         if self.stopped:
@@ -99,6 +107,8 @@ class CollapseGuard(nn.Module):
             source_logits = self.source(x)
         adapted_div, source_div = marginal_entropy(logits).item(), marginal_entropy(source_logits).item()
         self.batches += 1
+        if not math.isfinite(source_div):  # the source cannot score this batch (overflow): nothing to compare with
+            return logits
         if math.isfinite(adapted_div) and adapted_div >= self.min_diversity_ratio * source_div:
             return logits
         self._act(adapted_div, source_div)
@@ -128,12 +138,14 @@ class CollapseGuard(nn.Module):
 
     def resume(self) -> None:
         """Allow adaptation again after a ``freeze``."""
-        self.stopped = False
+        with self.adapter._lock:
+            self.stopped = False
 
     def reset(self) -> None:
         """Reset the method (the event log is kept)."""
-        self.adapter.reset()
-        self.stopped = False
+        with self.adapter._lock:
+            self.adapter.reset()
+            self.stopped = False
 
     @contextmanager
     def frozen(self) -> Iterator[CollapseGuard]:

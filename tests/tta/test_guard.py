@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -101,3 +103,45 @@ def test_wrap_chooses_the_guard_policy_and_checks_it() -> None:
         tta.wrap(tiny_classifier(), "tent", production=True, guard_policy="later")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs production=True"):
         tta.wrap(tiny_classifier(), "tent", guard_policy="freeze")
+
+
+class _Recording(torch.nn.Module):
+    """The guard's source model, logging which batch each call gets (the guard calls it inside its step)."""
+
+    def __init__(self, model: torch.nn.Module, index_of: dict[int, int]) -> None:
+        super().__init__()
+        self.model, self.index_of, self.order = model, index_of, list[int]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.order.append(self.index_of[id(x)])
+        return self.model(x)
+
+
+def _collapsing_guard(index_of: dict[int, int]) -> tuple[CollapseGuard, _Recording]:
+    recording = _Recording(tiny_classifier(), index_of)
+    guard = CollapseGuard(tta.wrap(tiny_classifier(), "tent", lr=2.0), recording, min_diversity_ratio=0.95)
+    return guard, recording
+
+
+def test_guard_under_threads_equals_a_serial_replay_in_lock_order() -> None:
+    threads_n, calls = 6, 12
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.rand(16, 3, 16, 16, generator=generator) * 3 for _ in range(threads_n * calls)]
+    index_of = {id(x): i for i, x in enumerate(batches)}
+    guard, recording = _collapsing_guard(index_of)
+    outputs: dict[int, torch.Tensor] = {}
+
+    def worker(first: int) -> None:
+        for i in range(first, first + calls):
+            outputs[i] = guard(batches[i])
+
+    workers = [threading.Thread(target=worker, args=(t * calls,)) for t in range(threads_n)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    replay, _ = _collapsing_guard(index_of)
+    assert sorted(recording.order) == list(range(len(batches)))
+    for i in recording.order:
+        assert torch.equal(replay(batches[i]), outputs[i]), f"batch {i} differs from the serial replay"
+    assert len(replay.events) == len(guard.events) and 0 < len(guard.events) < len(batches)

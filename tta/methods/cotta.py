@@ -82,6 +82,7 @@ from tta.options import (
 )
 from tta.params import requires_grad_only
 from tta.registry import register_adapter
+from tta.rollback import finite_step_
 
 __all__ = ["CoTTA", "PRESETS", "configure_model", "collect_params", "share_statistics_", "stochastic_restore_"]
 
@@ -309,9 +310,8 @@ class CoTTA(TTAMethod):
         with torch.no_grad():
             target = self.teacher_target(x, cpu_gen, device_gen)
         loss_fn = symmetric_cross_entropy if self.symmetric_loss else soft_cross_entropy
-        loss_fn(student_logits.float(), target.float()).mean(0).backward()  # float32 loss under autocast
-        self.optimizer.step()
-        self.optimizer.zero_grad()
+        loss = loss_fn(student_logits.float(), target.float()).mean(0)  # float32 loss under autocast
+        finite_step_("CoTTA", loss, self.optimizer, logits=target)  # refuses the batch before anything below
         ema_update_(self.teacher, self.model, self.ema_momentum)
         stochastic_restore_([p for p, _ in self._restored], self._sources, self.restore_prob, device_gen)
         self.step_count += 1

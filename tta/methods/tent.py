@@ -38,6 +38,7 @@ from tta.losses import softmax_entropy
 from tta.options import check_base_options, check_choice, check_non_negative, check_positive, check_probability
 from tta.params import norm_affine_parameters, requires_grad_only
 from tta.registry import register_adapter
+from tta.rollback import finite_step_
 
 __all__ = ["Tent", "configure_model", "collect_params", "build_optimizer"]
 
@@ -111,11 +112,7 @@ class Tent(TTAMethod):
         """Objective and update: one entropy-minimization step; returns the pre-update logits."""
         logits = self.model(x)
         loss = softmax_entropy(logits.float()).mean(0)  # float32 under autocast: entropy of 8-bit probabilities is coarse
-        if not torch.isfinite(loss):  # never step on NaN: it would poison the parameters for good
-            raise ValueError("Tent: the entropy is not finite on this batch; the batch was rejected, nothing was adapted")
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad()
+        finite_step_("Tent", loss, self.optimizer, logits=logits)  # never steps on NaN/Inf: refuses the batch
         return logits
 
     @classmethod
