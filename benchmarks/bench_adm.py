@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tta.projection.adm import ADMUNet, imagenet_256_uncond_config, load_adm, save_adm  # noqa: E402
+from tta.projection.adm import ADMUNet, load_adm, save_adm
+from tta.projection.adm_config import imagenet_256_uncond_config
 
 
 def random_model(seed: int = 0) -> ADMUNet:

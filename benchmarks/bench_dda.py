@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tta  # noqa: E402
 from eval.corruptions import corrupt, list_corruptions  # noqa: E402
 from eval.datasets.fashion_mnist import load_fashion_mnist  # noqa: E402
-from eval.diffusion_training import DEFAULT_DIFFUSION_CHECKPOINT  # noqa: E402
-from eval.models import load_source_model  # noqa: E402
+from eval.training.diffusion import DEFAULT_DIFFUSION_CHECKPOINT  # noqa: E402
+from eval.models.source import load_source_model  # noqa: E402
 from tta.methods.dda import ensemble_probabilities  # noqa: E402
 from tta.projection import DiffusionProjector, NoiseSchedule, load_denoiser  # noqa: E402
 

@@ -28,12 +28,13 @@ from typing import Any
 
 import torch
 
-from eval.bench import BenchSpec, run_bench
-from eval.executors import Executor, LocalExecutor
-from eval.executors.processes import ProcessExecutor
-from eval.executors.ray_executor import RayExecutor, import_ray
-from eval.results import ResultsStore
-from eval.suites import SuiteSpec
+from eval.bench.spec import BenchSpec
+from eval.bench.driver import run_bench
+from eval.bench.executors import Executor, LocalExecutor
+from eval.bench.executors.processes import ProcessExecutor
+from eval.bench.executors.ray_executor import RayExecutor, import_ray
+from eval.results.store import ResultsStore
+from eval.models.suites import SuiteSpec
 
 
 def timed_sweep(spec: BenchSpec, executor: Executor, folder: Path,

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from eval.corruptions import DEFAULT_CORRUPTIONS
 from eval.datasets import CorruptedView, load_fashion_mnist
-from eval.models import load_source_model
+from eval.models.source import load_source_model
 from tta.heads import split_classifier
 from tta.methods.cotta import CoTTA
 from tta.methods.lame import LAME, Affinity, affinity_matrix

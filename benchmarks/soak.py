@@ -22,7 +22,7 @@ import torch
 import tta
 from eval.corruptions import DEFAULT_CORRUPTIONS
 from eval.datasets import CorruptedView, load_fashion_mnist
-from eval.models import load_source_model
+from eval.models.source import load_source_model
 
 
 def resident_mib() -> float:

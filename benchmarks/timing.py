@@ -26,7 +26,7 @@ def add_timing_arguments(parser: argparse.ArgumentParser, *, repeats: int, round
 def build_model(name: str) -> tuple[nn.Module, int]:
     """Return (model in eval mode, input channels): the shipped Fashion-MNIST model or a torchvision one."""
     if name == "fmnist":
-        from eval.models import load_source_model
+        from eval.models.source import load_source_model
 
         return load_source_model(), 1
     import torchvision

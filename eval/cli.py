@@ -15,7 +15,7 @@ from typing import Any
 
 from eval.commands.errors import CLIError
 
-__all__ = ["main", "build_parser", "parse_options", "CLIError"]
+__all__ = ["main", "build_parser"]
 
 _USER_ERRORS = (CLIError, ValueError, OSError, ImportError, sqlite3.Error)
 """What a command reports as ``tta: error: ...`` with exit 2: bad input, a file it cannot read or write

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from eval.baselines import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS
+from eval.results.baselines import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS
 from eval.domains import Domain
 
 __all__ = [

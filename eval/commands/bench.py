@@ -7,18 +7,20 @@ import sys
 from pathlib import Path
 
 from eval.atomic_files import write_text_atomically
-from eval.bench import BenchSpec, IncompleteBench, check_device_available, open_bench, run_bench
-from eval.stream_checkpoints import states_folder
+from eval.bench.spec import BenchSpec, check_device_available
+from eval.bench.driver import IncompleteBench, open_bench, run_bench
+from eval.bench.stream_checkpoints import states_folder
 from eval.commands.errors import CLIError
 from eval.commands.options import parse_options, split_csv
 from eval.commands.paths import check_output_file
 from eval.commands.progress import BenchProgress, progress_bar
 from eval.corruptions import DEFAULT_CORRUPTIONS, list_corruptions
-from eval.executors import EXECUTORS, Executor, create_executor
-from eval.models import DEFAULT_CHECKPOINT
-from eval.protocols import list_protocols
-from eval.results import Results, ResultsStore
-from eval.suites import DATASETS, Suite, SuiteSpec
+from eval.bench.executors import EXECUTORS, Executor, create_executor
+from eval.models.source import DEFAULT_CHECKPOINT
+from eval.protocols.registry import list_protocols
+from eval.results.tables import Results
+from eval.results.store import ResultsStore
+from eval.models.suites import DATASETS, Suite, SuiteSpec
 
 NAME = "bench"
 HELP = "score methods on a corruption benchmark (default: Fashion-MNIST-C)"
@@ -28,7 +30,7 @@ OUT_FORMATS = (".json", ".csv", ".md")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the bench flags; each maps 1:1 to a :class:`~eval.bench.BenchSpec` field."""
+    """Add the bench flags; each maps 1:1 to a :class:`~eval.bench.driver.BenchSpec` field."""
     p.add_argument("--dataset", default="fmnist-c", choices=list(DATASETS),
                    help="fmnist-c (built on the fly, shipped model) or a corrupted set on disk under --data-root")
     p.add_argument("--methods", default="source,norm,tent", help="comma-separated methods (see `tta list`)")

@@ -12,14 +12,14 @@ from eval.atomic_files import write_text_atomically
 from eval.commands.errors import CLIError
 from eval.commands.options import split_csv
 from eval.commands.progress import progress_bar
-from eval.models import DEFAULT_CHECKPOINT
+from eval.models.source import DEFAULT_CHECKPOINT
 
 NAME = "dann"
 HELP = "adapt the source model to an unlabeled target domain with DANN (gradient reversal)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add flags mapping to :class:`tta.da.FitConfig` and :func:`eval.da_experiment.compare_arms`."""
+    """Add flags mapping to :class:`tta.da.FitConfig` and :func:`eval.training.da_experiment.compare_arms`."""
     p.add_argument("--source", default="fashion-mnist", choices=["fashion-mnist"], help="labeled source data")
     p.add_argument("--target", required=True,
                    help="unlabeled target: a corruption of the training images (gaussian_noise...) or an image folder")
@@ -61,7 +61,7 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 def run(args: argparse.Namespace) -> int:
     """Train (resuming from ``<out>.fit`` if present), write the checkpoint, print the scores."""
-    from eval.bench_spec import check_seed
+    from eval.bench.spec import check_seed
     from eval.corruptions import list_corruptions
 
     check_seed(args.seed)
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, arms: tuple[Any, ...], is_folder: bool) -> list[Any]:
-    from eval.da_experiment import compare_arms
+    from eval.training.da_experiment import compare_arms
 
     with progress_bar("dann", "step") as bar:
 
@@ -100,7 +100,7 @@ def _train(args: argparse.Namespace, arms: tuple[Any, ...], is_folder: bool) -> 
 
 
 def _print_scores(args: argparse.Namespace, reports: list[Any], is_folder: bool) -> None:
-    from eval.da_experiment import evaluate_checkpoint, reports_markdown
+    from eval.training.da_experiment import evaluate_checkpoint, reports_markdown
 
     source_error = None if is_folder else evaluate_checkpoint(args.checkpoint, args.target, args.severity,
                                                               data_root=args.data_root)

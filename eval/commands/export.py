@@ -10,7 +10,7 @@ import torch
 from eval.commands.errors import CLIError
 from eval.commands.options import parse_options
 from eval.commands.paths import check_output_file
-from eval.models import DEFAULT_CHECKPOINT
+from eval.models.source import DEFAULT_CHECKPOINT
 
 NAME = "export"
 HELP = "export the source model with a method's adaptation to ONNX (frozen snapshot or adaptive graph)"
@@ -73,8 +73,8 @@ def _adapt(adapter: torch.nn.Module, args: argparse.Namespace) -> torch.Tensor:
 def run(args: argparse.Namespace) -> int:
     """Build the adapter, optionally adapt it, export and verify; print what was written."""
     import tta
-    from eval.bench_spec import check_seed
-    from eval.models import load_source_model
+    from eval.bench.spec import check_seed
+    from eval.models.source import load_source_model
 
     check_seed(args.seed)
     if args.adapt_on is not None and args.mode != "frozen":
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     options = parse_options(args.option, [args.method])[args.method]
     lame = None
     if args.lame_head is not None:
-        from tta.export import LameGraph
+        from tta._onnx_lame import LameGraph
 
         lame = LameGraph(head=args.lame_head, knn=args.lame_knn, steps=args.lame_steps)
     model = load_source_model(args.checkpoint)

@@ -6,7 +6,7 @@ import argparse
 
 import tta
 from eval.corruptions import list_corruptions
-from eval.protocols import list_protocols
+from eval.protocols.registry import list_protocols
 
 NAME = "list"
 HELP = "list methods (with options), corruptions and protocols"

@@ -11,8 +11,8 @@ import torch
 from tqdm import tqdm
 
 from eval.domains import Domain
-from eval.executors import FinishedCell, UnitOutcome, WorkUnit
-from eval.protocols import StreamItem
+from eval.bench.executors import FinishedCell, UnitOutcome, WorkUnit
+from eval.protocols.streams import StreamItem
 
 __all__ = ["progress_bar", "BenchProgress"]
 

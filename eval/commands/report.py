@@ -8,8 +8,10 @@ from pathlib import Path
 from eval.commands.bench import DEFAULT_RESULTS
 from eval.commands.errors import CLIError
 from eval.commands.paths import check_output_file
-from eval.report import markdown_report, plot_error_over_domains, plot_errors, plot_protocols, protocol_table
-from eval.results import METRICS, Record, Results, ResultsStore
+from eval.results.report import markdown_report, plot_error_over_domains, plot_errors, plot_protocols, protocol_table
+from eval.results.records import METRICS, Record
+from eval.results.tables import Results
+from eval.results.store import ResultsStore
 
 NAME = "report"
 HELP = "render tables and plots from a results store"

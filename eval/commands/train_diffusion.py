@@ -12,8 +12,8 @@ HELP = "train the small Fashion-MNIST diffusion model (DDPM) used by DDA"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add flags mapping 1:1 to :func:`eval.diffusion_training.train_diffusion`."""
-    from eval.diffusion_training import DEFAULT_DIFFUSION_CHECKPOINT
+    """Add flags mapping 1:1 to :func:`eval.training.diffusion.train_diffusion`."""
+    from eval.training.diffusion import DEFAULT_DIFFUSION_CHECKPOINT
 
     p.add_argument("--steps", type=int, default=20000, help="optimizer steps in total")
     p.add_argument("--batch-size", type=int, default=128)
@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume), write the checkpoint, print its final loss."""
-    from eval.bench_spec import check_seed
-    from eval.diffusion_training import resume_path, train_diffusion
+    from eval.bench.spec import check_seed
+    from eval.training.diffusion import resume_path, train_diffusion
 
     check_seed(args.seed)
 

@@ -6,14 +6,14 @@ import argparse
 from pathlib import Path
 
 from eval.commands.progress import progress_bar
-from eval.models import DEFAULT_CHECKPOINT
+from eval.models.source import DEFAULT_CHECKPOINT
 
 NAME = "train-source"
 HELP = "train the Fashion-MNIST source model on CPU"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add flags mapping 1:1 to :func:`eval.training.train_source` (defaults made the shipped checkpoint)."""
+    """Add flags mapping 1:1 to :func:`eval.training.source_model.train_source` (defaults made the shipped checkpoint)."""
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, write the checkpoint, print its clean test accuracy."""
-    from eval.bench_spec import check_seed
-    from eval.training import train_source
+    from eval.bench.spec import check_seed
+    from eval.training.source_model import train_source
 
     check_seed(args.seed)
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from eval.datasets.fashion_mnist import write_idx
-from eval.executors import LocalExecutor
-from eval.executors.faults import FAULT_DIR_ENV
-from eval.models import fmnist_resnet, save_checkpoint
-from eval.results import ResultsStore
+from eval.bench.executors import LocalExecutor
+from eval.bench.executors.faults import FAULT_DIR_ENV
+from eval.models.source import fmnist_resnet, save_checkpoint
+from eval.results.store import ResultsStore
 from tests.eval.grid import Rows, run_grid, stored_rows
 
 
@@ -41,7 +41,7 @@ def checkpoint(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The test-only fault folder (eval.executors.faults); worker processes started later inherit it."""
+    """The test-only fault folder (eval.bench.executors.faults); worker processes started later inherit it."""
     folder = tmp_path / "faults"
     monkeypatch.setenv(FAULT_DIR_ENV, str(folder))
     return folder

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 
-from eval.bench import BenchSpec, run_bench
+from eval.bench.spec import BenchSpec
+from eval.bench.driver import run_bench
 from eval.domains import Domain
-from eval.executors import Executor, LocalExecutor
-from eval.results import ResultsStore
-from eval.stream_checkpoints import states_folder
-from eval.suites import SuiteSpec
+from eval.bench.executors import Executor, LocalExecutor
+from eval.results.store import ResultsStore
+from eval.bench.stream_checkpoints import states_folder
+from eval.models.suites import SuiteSpec
 
 NOISE, CONTRAST, FOG = Domain("gaussian_noise", 5), Domain("contrast", 5), Domain("fog", 5)
 PROTOCOLS = ("episodic", "continual")

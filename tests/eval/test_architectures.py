@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from eval.architectures import ModelSpec, build_model
+from eval.models.architectures import ModelSpec, build_model
 
 
 def test_torchvision_name_with_local_weights_and_normalization_inside(tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.bench import BenchSpec, check_device_available, check_methods, open_bench
-from eval.suites import SuiteSpec, open_suite
+from eval.bench.spec import BenchSpec, check_device_available
+from eval.bench.driver import check_methods, open_bench
+from eval.models.suites import SuiteSpec, open_suite
 
 
 def _spec(fmnist_dir: Path, checkpoint: Path, **kwargs: object) -> BenchSpec:
@@ -62,8 +63,8 @@ def test_check_device_available_accepts_cpu_and_auto() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_run_bench_refuses_a_missing_device_before_writing(fmnist_dir: Path, checkpoint: Path, tmp_path: Path) -> None:
-    from eval.bench import run_bench
-    from eval.results import ResultsStore
+    from eval.bench.driver import run_bench
+    from eval.results.store import ResultsStore
 
     spec = BenchSpec(methods=("source",), corruptions=("fog",), limit=16, device="cuda",
                      suite=SuiteSpec(data_root=fmnist_dir, checkpoint=checkpoint))

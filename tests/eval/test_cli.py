@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import torch
 
-import eval.bench_work
+import eval.bench.work
 from eval.cli import main
-from eval.results import Results, ResultsStore
+from eval.results.tables import Results
+from eval.results.store import ResultsStore
 
 
 def _bench_args(fmnist_dir: Path, checkpoint: Path, results: Path, *extra: str) -> list[str]:
@@ -32,7 +31,7 @@ def test_rerun_resumes_without_recomputing(fmnist_dir, checkpoint, tmp_path, mon
     args = _bench_args(fmnist_dir, checkpoint, tmp_path / "r.sqlite")
     assert main(args) == 0
     calls = []
-    monkeypatch.setattr(eval.bench_work, "run_benchmark", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(eval.bench.work, "run_benchmark", lambda *a, **k: calls.append(1))
     assert main(args) == 0
     assert calls == []
     assert "resuming: 4 cell(s)" in capsys.readouterr().err
@@ -40,7 +39,7 @@ def test_rerun_resumes_without_recomputing(fmnist_dir, checkpoint, tmp_path, mon
 
 def test_interrupted_run_keeps_finished_cells_and_rerun_completes(fmnist_dir, checkpoint, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     args = _bench_args(fmnist_dir, checkpoint, tmp_path / "r.sqlite")
-    real_run = eval.bench_work.run_benchmark
+    real_run = eval.bench.work.run_benchmark
     units = []
 
     def interrupt_third(*a, **k):  # type: ignore[no-untyped-def]
@@ -49,12 +48,12 @@ def test_interrupted_run_keeps_finished_cells_and_rerun_completes(fmnist_dir, ch
             raise KeyboardInterrupt
         return real_run(*a, **k)
 
-    monkeypatch.setattr(eval.bench_work, "run_benchmark", interrupt_third)
+    monkeypatch.setattr(eval.bench.work, "run_benchmark", interrupt_third)
     assert main(args) == 130
     with ResultsStore(tmp_path / "r.sqlite") as store:
         assert len(store.records()) == 2
     units.clear()
-    monkeypatch.setattr(eval.bench_work, "run_benchmark", lambda *a, **k: (units.append(1), real_run(*a, **k))[1])
+    monkeypatch.setattr(eval.bench.work, "run_benchmark", lambda *a, **k: (units.append(1), real_run(*a, **k))[1])
     assert main(args) == 0
     assert len(units) == 2
     with ResultsStore(tmp_path / "r.sqlite") as store:

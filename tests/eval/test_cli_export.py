@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from eval.cli import main
-from eval.results import Results
+from eval.results.tables import Results
 
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

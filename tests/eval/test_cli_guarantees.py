@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-import eval.bench_work
+import eval.bench.work
 import eval.commands.bench
 from eval.atomic_files import write_text_atomically
 from eval.cli import main
 from eval.domains import Domain
-from eval.results import CellKey, Record, ResultsStore
+from eval.results.records import CellKey, Record
+from eval.results.store import ResultsStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,13 +41,13 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], prefix: str = "tta: erro
 def no_work(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the units the benchmark runs (none must run when a check fails)."""
     calls: list[int] = []
-    real = eval.bench_work.run_benchmark  # type: ignore[attr-defined]
+    real = eval.bench.work.run_benchmark  # type: ignore[attr-defined]
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(eval.bench_work, "run_benchmark", counted)
+    monkeypatch.setattr(eval.bench.work, "run_benchmark", counted)
     return calls
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from eval.cli import main
-from eval.models import load_source_model
-from eval.results import Results
+from eval.models.source import load_source_model
+from eval.results.tables import Results
 
 
 @pytest.fixture

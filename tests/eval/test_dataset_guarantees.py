@@ -21,7 +21,7 @@ from eval.datasets.folder import check_folder_root
 from eval.datasets.npy import NPY_LAYOUT_FILE, NpyCorruptionDomain, check_npy_root
 from eval.datasets.writers import write_corrupted
 from eval.domains import Domain
-from eval.results import ResultsStore
+from eval.results.store import ResultsStore
 from tests.helpers import tiny_rgb_classifier
 
 FACTORY = "tests.helpers:tiny_rgb_classifier"

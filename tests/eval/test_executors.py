@@ -1,4 +1,4 @@
-"""Tests for eval.executors and the bench driver: units, local runs, retries with injected faults, resume."""
+"""Tests for eval.bench.executors and the bench driver: units, local runs, retries with injected faults, resume."""
 
 from __future__ import annotations
 
@@ -15,16 +15,18 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from eval.bench import BenchSpec, BenchWork, IncompleteBench, plan_units, run_bench
+from eval.bench.spec import BenchSpec
+from eval.bench.work import BenchWork
+from eval.bench.driver import IncompleteBench, plan_units, run_bench
 from eval.cli import main
 from eval.commands.progress import BenchProgress
 from eval.domains import Domain
-from eval.executors import FinishedCell, LocalExecutor, UnitOutcome, WorkUnit, create_executor
-from eval.executors.faults import InjectedFault, arm_fault
-from eval.protocols import StreamItem
-from eval.results import ResultsStore
-from eval.runner import CellStats
-from eval.suites import SuiteSpec
+from eval.bench.executors import FinishedCell, LocalExecutor, UnitOutcome, WorkUnit, create_executor
+from eval.bench.executors.faults import InjectedFault, arm_fault
+from eval.protocols.streams import StreamItem
+from eval.results.store import ResultsStore
+from eval.bench.meters import CellStats
+from eval.models.suites import SuiteSpec
 
 NOISE, CONTRAST = Domain("gaussian_noise", 5), Domain("contrast", 5)
 REPO = Path(__file__).resolve().parents[2]
@@ -161,12 +163,12 @@ def test_missing_ray_names_the_extra(monkeypatch) -> None:  # type: ignore[no-un
 
 
 def test_library_never_imports_ray_for_local_runs() -> None:
-    code = "import sys, eval.cli, eval.bench, eval.executors; sys.exit('ray' in sys.modules)"
+    code = "import sys, eval.cli, eval.bench.driver, eval.bench.executors; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=120).returncode == 0
 
 
 def test_injected_fault_fires_once_per_marker(tmp_path, faults) -> None:  # type: ignore[no-untyped-def]
-    from eval.executors.faults import maybe_fail
+    from eval.bench.executors.faults import maybe_fail
 
     arm_fault(faults, "tent", NOISE, "raise", times=2)
     maybe_fail("tent", (CONTRAST,))  # other cells are untouched

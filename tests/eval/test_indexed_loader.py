@@ -13,8 +13,8 @@ from eval.datasets.folder import ImageFolderDomain
 from eval.datasets.indexed import IndexedLoader, dataset_labels
 from eval.datasets.npy import NpyCorruptionDomain
 from eval.domains import Domain
-from eval.protocols import get_protocol
-from eval.streams import StreamItem
+from eval.protocols.registry import get_protocol
+from eval.protocols.streams import StreamItem
 
 N = 40  # images per severity
 DOMAINS = (Domain("gaussian_noise", 5), Domain("fog", 5))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.architectures import ModelSpec, build_model
+from eval.models.architectures import ModelSpec, build_model
 from eval.datasets.npy import open_npy_array
 
 

@@ -1,10 +1,10 @@
-"""Tests for eval.memory: the CPU peak is per measurement where Linux allows resetting it."""
+"""Tests for eval.bench.memory: the CPU peak is per measurement where Linux allows resetting it."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from eval.memory import PeakMemory
+from eval.bench.memory import PeakMemory
 
 
 def test_cpu_peak_sees_an_allocation_and_a_reset_forgets_it() -> None:

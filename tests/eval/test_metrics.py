@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from eval.baselines import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS
+from eval.results.baselines import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS
 from eval.domains import Domain
 from eval.metrics import (
     StreamingECE,

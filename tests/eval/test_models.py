@@ -1,4 +1,4 @@
-"""Tests for eval.models: input normalisation, the Fashion-MNIST ResNet and checkpoints."""
+"""Tests for eval.models.source: input normalisation, the Fashion-MNIST ResNet and checkpoints."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from eval.datasets import DEBIAN_FASHION_MNIST, load_fashion_mnist
-from eval.models import (
+from eval.models.source import (
     ARCH,
     DEFAULT_CHECKPOINT,
     FashionMNISTResNet,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tta
-from eval.online import OnlineAdapter, relative_cost
+from eval.bench.online import OnlineAdapter, relative_cost
 from tests.helpers import clone_state, state_equal, tiny_classifier
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from eval.bench import IncompleteBench, run_bench
+from eval.bench.driver import IncompleteBench, run_bench
 from eval.cli import main
-from eval.executors import WorkUnit, create_executor
-from eval.executors.faults import arm_fault
-from eval.executors.processes import ProcessExecutor
-from eval.results import ResultsStore
-from eval.stream_checkpoints import states_folder
+from eval.bench.executors import WorkUnit, create_executor
+from eval.bench.executors.faults import arm_fault
+from eval.bench.executors.processes import ProcessExecutor
+from eval.results.store import ResultsStore
+from eval.bench.stream_checkpoints import states_folder
 from tests.eval.grid import (
     CONTRAST,
     FOG,

@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from eval.commands.progress import BenchProgress
 from eval.domains import Domain
-from eval.streams import StreamItem
+from eval.protocols.streams import StreamItem
 
 
 def test_a_disabled_bar_counts_batches_without_drawing() -> None:

@@ -1,4 +1,4 @@
-"""Tests for eval.protocols: domain order, reset flags and the name registry."""
+"""Tests for eval.protocols.registry: domain order, reset flags and the name registry."""
 
 from __future__ import annotations
 
@@ -8,15 +8,10 @@ import pytest
 import torch
 
 from eval.domains import Domain
-from eval.protocols import (
-    ClassSorted,
-    Continual,
-    DirichletLabelShift,
-    ResetEachDomain,
-    StreamItem,
-    get_protocol,
-    list_protocols,
-)
+from eval.protocols.label_shift import ClassSorted, DirichletLabelShift
+from eval.protocols.domain_order import Continual, ResetEachDomain
+from eval.protocols.streams import StreamItem
+from eval.protocols.registry import get_protocol, list_protocols
 
 GAUSSIAN = Domain("gaussian_noise", 5)
 SHOT = Domain("shot_noise", 5)
@@ -167,7 +162,7 @@ def test_get_protocol_builds_the_label_shift_protocols() -> None:
 
 
 def test_gradual_goes_up_and_down_each_corruption_with_one_reset() -> None:
-    from eval.protocols import Gradual
+    from eval.protocols.domain_order import Gradual
 
     batch = [(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))]
     loaders = {Domain("fog", s): batch for s in (3, 1, 5)} | {Domain("snow", s): batch for s in (1, 2)}
@@ -177,7 +172,7 @@ def test_gradual_goes_up_and_down_each_corruption_with_one_reset() -> None:
 
 
 def test_mixed_domains_shuffle_all_batches_by_seed() -> None:
-    from eval.protocols import MixedDomains
+    from eval.protocols.domain_order import MixedDomains
 
     summary = _summary(MixedDomains(seed=3).stream(_loaders()))
     assert sorted(summary, key=lambda t: t[1]) != summary or len(summary) < 3
@@ -189,7 +184,7 @@ def test_mixed_domains_shuffle_all_batches_by_seed() -> None:
 
 
 def test_mixed_samples_shuffle_every_sample_into_mixed_batches() -> None:
-    from eval.protocols import MixedSamples
+    from eval.protocols.domain_order import MixedSamples
 
     items = list(MixedSamples(seed=0).stream(_loaders()))
     assert [i.x.shape[0] for i in items] == [2] * 6  # re-batched at the loaders' batch size

@@ -1,4 +1,4 @@
-"""Tests for eval.provenance: every stored cell says which software and data settings produced it."""
+"""Tests for eval.bench.provenance: every stored cell says which software and data settings produced it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import torch
 
 import tta
 
-from eval.bench import BenchSpec
+from eval.bench.spec import BenchSpec
 from eval.corruptions import ENGINE_VERSION
-from eval.provenance import run_metadata
-from eval.suites import SuiteSpec
+from eval.bench.provenance import run_metadata
+from eval.models.suites import SuiteSpec
 
 
 def test_metadata_names_versions_device_and_data_settings() -> None:

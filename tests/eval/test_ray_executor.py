@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from eval.bench import IncompleteBench, run_bench
-from eval.executors import WorkUnit
-from eval.executors.faults import FAULT_DIR_ENV, arm_fault
-from eval.executors.ray_executor import RayExecutor
-from eval.results import ResultsStore
+from eval.bench.driver import IncompleteBench, run_bench
+from eval.bench.executors import WorkUnit
+from eval.bench.executors.faults import FAULT_DIR_ENV, arm_fault
+from eval.bench.executors.ray_executor import RayExecutor
+from eval.results.store import ResultsStore
 from tests.eval.grid import (
     CONTRAST,
     FOG,

@@ -8,8 +8,10 @@ import pytest
 
 from eval.cli import main
 from eval.domains import Domain
-from eval.report import markdown_report, mce_by_method
-from eval.results import CellKey, Record, Results, ResultsStore
+from eval.results.report import markdown_report, mce_by_method
+from eval.results.records import CellKey, Record
+from eval.results.tables import Results
+from eval.results.store import ResultsStore
 
 
 def _record(method: str, corruption: str, error: float) -> Record:
@@ -101,7 +103,7 @@ def test_mce_keeps_rows_that_differ_in_protocol_or_seed_apart() -> None:
 
 
 def test_protocol_table_splits_other_fields_and_stars_partial_rows() -> None:
-    from eval.report import protocol_table
+    from eval.results.report import protocol_table
 
     results = Results([_keyed("a", "fog", 0.1), _keyed("a", "contrast", 0.9), _keyed("b", "fog", 0.1),
                        _keyed("a", "fog", 0.5, seed=1), _keyed("a", "contrast", 0.5, seed=1)])

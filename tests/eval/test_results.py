@@ -1,4 +1,4 @@
-"""Tests for eval.results: cell keys, the SQLite store and the table views."""
+"""Tests for eval.results.tables: cell keys, the SQLite store and the table views."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from eval.domains import Domain
-from eval.results import CellKey, Record, Results, ResultsStore, canonical_options
-from eval.runner import CellStats
+from eval.results.records import CellKey, Record, canonical_options
+from eval.results.tables import Results
+from eval.results.store import ResultsStore
+from eval.bench.meters import CellStats
 
 
 def _key(method: str = "tent", corruption: str = "gaussian_noise", severity: int = 5, *,

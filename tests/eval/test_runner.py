@@ -1,4 +1,4 @@
-"""Tests for eval.runner: resets follow the protocol, cells are reported per domain, grad stays on."""
+"""Tests for eval.bench.runner: resets follow the protocol, cells are reported per domain, grad stays on."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import torch
 from torch import Tensor, nn
 
 from eval.domains import Domain
-from eval.protocols import Continual, ResetEachDomain, StreamItem
-from eval.runner import CellStats, run_benchmark
+from eval.protocols.domain_order import Continual, ResetEachDomain
+from eval.protocols.streams import StreamItem
+from eval.bench.meters import CellStats
+from eval.bench.runner import run_benchmark
 
 GAUSSIAN = Domain("gaussian_noise", 5)
 SHOT = Domain("shot_noise", 5)
@@ -156,7 +158,7 @@ def test_non_tensor_output_raises_type_error() -> None:
 
 
 def test_mixed_batches_score_each_sample_for_its_domain_and_report_at_the_end() -> None:
-    from eval.protocols import MixedSamples
+    from eval.protocols.domain_order import MixedSamples
 
     cells: list[tuple[Domain, CellStats]] = []
     events: list[str] = []

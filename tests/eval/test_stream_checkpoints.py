@@ -11,16 +11,17 @@ from typing import Any
 
 import pytest
 
-from eval.bench import BenchSpec, run_bench
+from eval.bench.spec import BenchSpec
+from eval.bench.driver import run_bench
 from eval.cli import main
 from eval.domains import Domain
-from eval.executors import LocalExecutor, UnitFailure, UnitOutcome, UnitWork, WorkUnit
-from eval.executors.faults import arm_fault
-from eval.protocols import get_protocol
-from eval.results import ResultsStore
-from eval.stream_checkpoints import checkpoint_paths, resumable, states_folder
-from eval.streams import StreamItem
-from eval.suites import SuiteSpec
+from eval.bench.executors import LocalExecutor, UnitFailure, UnitOutcome, UnitWork, WorkUnit
+from eval.bench.executors.faults import arm_fault
+from eval.protocols.registry import get_protocol
+from eval.results.store import ResultsStore
+from eval.bench.stream_checkpoints import checkpoint_paths, resumable, states_folder
+from eval.protocols.streams import StreamItem
+from eval.models.suites import SuiteSpec
 from tests.eval.grid import Rows, stored_rows
 
 CORRUPTIONS = ("gaussian_noise", "contrast", "fog")
@@ -130,8 +131,8 @@ def test_resume_point_needs_a_stored_prefix_and_its_state(tmp_path: Path) -> Non
 
 
 def test_state_file_names_change_with_anything_that_changes_the_cells(fmnist_dir, checkpoint, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from eval.bench import _key  # the keys the driver builds
-    from eval.suites import open_suite
+    from eval.bench.driver import _key  # the keys the driver builds
+    from eval.models.suites import open_suite
 
     suite = open_suite(SuiteSpec(data_root=fmnist_dir, checkpoint=checkpoint))
     base = _spec(fmnist_dir, checkpoint)
@@ -144,13 +145,13 @@ def test_state_file_names_change_with_anything_that_changes_the_cells(fmnist_dir
 
 
 def test_cli_keeps_stream_states_next_to_the_results(fmnist_dir, checkpoint, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import eval.bench_work
+    import eval.bench.work
 
     results = tmp_path / "r.sqlite"
     args = ["bench", "--data-root", str(fmnist_dir), "--checkpoint", str(checkpoint), "--methods", "tent",
             "--corruptions", ",".join(CORRUPTIONS), "--batch-size", "16", "--limit", "32", "--protocol", "continual",
             "--results", str(results)]
-    real = eval.bench_work.run_benchmark
+    real = eval.bench.work.run_benchmark
 
     def interrupt_at_fog(runner, stream, **kwargs):  # type: ignore[no-untyped-def]
         def until_fog():  # type: ignore[no-untyped-def]
@@ -160,13 +161,13 @@ def test_cli_keeps_stream_states_next_to_the_results(fmnist_dir, checkpoint, tmp
                 yield item
         return real(runner, until_fog(), **kwargs)
 
-    monkeypatch.setattr(eval.bench_work, "run_benchmark", interrupt_at_fog)
+    monkeypatch.setattr(eval.bench.work, "run_benchmark", interrupt_at_fog)
     assert main(args) == 130
     assert len(list(states_folder(results).iterdir())) == 1
-    monkeypatch.setattr(eval.bench_work, "run_benchmark", real)
+    monkeypatch.setattr(eval.bench.work, "run_benchmark", real)
     assert main(args) == 0 and not states_folder(results).exists() and len(stored_rows(results)) == 3
     other = tmp_path / "off.sqlite"
-    monkeypatch.setattr(eval.bench_work, "run_benchmark", interrupt_at_fog)
+    monkeypatch.setattr(eval.bench.work, "run_benchmark", interrupt_at_fog)
     assert main([*args[:-1], str(other), "--no-stream-states"]) == 130 and not states_folder(other).exists()
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from eval.cli import main
-from eval.results import ResultsStore
+from eval.results.store import ResultsStore
 from tests.helpers import tiny_rgb_classifier
 
 FACTORY = "tests.helpers:tiny_rgb_classifier"
@@ -133,7 +133,8 @@ def test_truncated_clean_cifar_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_dda_on_imagenet_c_layout_with_a_saved_adm_checkpoint(weights: Path, tmp_path: Path) -> None:
-    from tta.projection.adm import ADMConfig, ADMUNet, save_adm
+    from tta.projection.adm_config import ADMConfig
+    from tta.projection.adm import ADMUNet, save_adm
 
     root = _imagenet_c_replica(tmp_path, weights, side=24, per_class=2)
     config = ADMConfig(image_size=32, model_channels=32, channel_mult=(1, 2), attention_resolutions=(16,),

@@ -1,4 +1,4 @@
-"""Tests for eval.diffusion_training and ``tta train-diffusion``: a few steps, interruption and exact resume."""
+"""Tests for eval.training.diffusion and ``tta train-diffusion``: a few steps, interruption and exact resume."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from eval.cli import main
-from eval.diffusion_training import diffusion_loss, fmnist_ddpm_config, resume_path, train_diffusion
+from eval.training.diffusion import diffusion_loss, fmnist_ddpm_config, resume_path, train_diffusion
 from tta.projection.adm import ADMUNet, load_adm
 from tta.projection.denoisers import ADMDenoiser, load_denoiser
 from tta.projection.schedule import NoiseSchedule

@@ -1,4 +1,4 @@
-"""Tests for eval.training: augmentation and a tiny end-to-end train_source run."""
+"""Tests for eval.training.source_model: augmentation and a tiny end-to-end train_source run."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from eval.datasets import FASHION_MNIST_FILES, write_idx
-from eval.models import load_source_model
-from eval.training import augment_batch, evaluate_accuracy, train_source
+from eval.models.source import load_source_model
+from eval.training.source_model import augment_batch, evaluate_accuracy, train_source
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from eval.domains import Domain
-from eval.executors import BatchHook, CellSink, UnitOutcome, WorkUnit
-from eval.executors.interrupts import Terminated, sigterm_interrupts
-from eval.executors.processes import ProcessExecutor
+from eval.bench.executors import BatchHook, CellSink, UnitOutcome, WorkUnit
+from eval.bench.executors.interrupts import Terminated, sigterm_interrupts
+from eval.bench.executors.processes import ProcessExecutor
 from tests.eval.test_process_executor import _zombie
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ print(child.stdout.readline().strip(), flush=True)
 """
 _WATCHED = """
 import os, sys, time
-from eval.executors.worker_lifetime import die_with_parent
+from eval.bench.executors.worker_lifetime import die_with_parent
 die_with_parent(int(sys.argv[1]), parent_death_signal=False, interval=0.1)
 print(os.getpid(), flush=True)
 time.sleep(60)
@@ -68,7 +68,7 @@ class _Chatty:
 @pytest.mark.timeout(120)
 def test_what_workers_print_reaches_the_driver_log_and_its_file_is_removed(
         caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
-    caplog.set_level(logging.WARNING, logger="eval.executors.worker_lifetime")
+    caplog.set_level(logging.WARNING, logger="eval.bench.executors.worker_lifetime")
     with ProcessExecutor(jobs=1, threads_per_job=1) as executor:
         assert executor.run(_Chatty(), [WorkUnit("norm", (Domain("fog", 5),))], on_cell=lambda cell: None) == []
         assert executor._workers is not None

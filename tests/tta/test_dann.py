@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from eval.models import fmnist_resnet
+from eval.models.source import fmnist_resnet
 from tests.helpers import clone_state, randomize_bn_statistics, seeded, state_equal
 from tta.da import DANN, DANNLosses, DomainHead, FitConfig, dann_step, fit_dann, trainable_parameters
 from tta.params import norm_affine_parameters

@@ -93,7 +93,8 @@ def test_image_size_mismatch_says_what_the_denoiser_expects() -> None:
 
 
 def test_fp16_loads_an_adm_checkpoint_path_with_half_precision_blocks(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tta.projection.adm import ADMConfig, ADMUNet, save_adm
+    from tta.projection.adm_config import ADMConfig
+    from tta.projection.adm import ADMUNet, save_adm
 
     config = ADMConfig(image_size=16, model_channels=32, channel_mult=(1, 2), attention_resolutions=(8,),
                        num_head_channels=8)

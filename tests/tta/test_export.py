@@ -18,7 +18,8 @@ import tta
 from adapters_bn import AdaptiveBatchNorm, adapt_batchnorm, set_statistics
 from tests.helpers import randomize_bn_statistics, seeded, small_vit, tiny_classifier
 from tta._onnx_layers import BatchStatisticsNorm, NormConfig
-from tta.export import Exporter, OnnxMismatchError, export_onnx
+from tta._onnx_trace import Exporter
+from tta.export import OnnxMismatchError, export_onnx
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -28,7 +29,7 @@ ATOL = 1e-4
 
 
 def _fmnist() -> nn.Module:
-    from eval.models import load_source_model
+    from eval.models.source import load_source_model
 
     return load_source_model()
 

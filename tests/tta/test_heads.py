@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import mobilenet_v3_small
 
-from eval.models import fmnist_resnet, with_normalization
+from eval.models.source import fmnist_resnet, with_normalization
 from tests.helpers import seeded, small_resnet, small_vit
 from tta.heads import split_classifier
 
@@ -131,7 +131,7 @@ def test_split_classifier_head_called_twice_is_a_clear_error() -> None:
 def test_sequential_conventions_find_wrapped_and_trailing_linear_heads() -> None:
     import torchvision
 
-    from eval.models import with_normalization
+    from eval.models.source import with_normalization
     from tests.helpers import tiny_classifier
     from tta.heads import split_classifier
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 import tta
-from eval.models import load_source_model
+from eval.models.source import load_source_model
 from tests.helpers import tiny_classifier
 from tests.tta.test_contract import OPTIONS
 from tta.guard import CollapseGuard

@@ -9,7 +9,7 @@ import torch
 
 import tta
 from eval.datasets import CorruptedView, load_fashion_mnist
-from eval.models import load_source_model
+from eval.models.source import load_source_model
 from tests.helpers import tiny_classifier
 
 

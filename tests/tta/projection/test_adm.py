@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from tta.projection._adm_blocks import qkv_attention, timestep_embedding
-from tta.projection.adm import ADMConfig, ADMUNet, imagenet_256_uncond_config, load_adm, save_adm
+from tta.projection.adm_config import ADMConfig, imagenet_256_uncond_config
+from tta.projection.adm import ADMUNet, load_adm, save_adm
 
 Entry = tuple[str, tuple[int, ...]]
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tests.tta.projection.tiny_denoiser import TinyDenoiser
-from tta.projection.adm import ADMConfig, ADMUNet, save_adm
+from tta.projection.adm_config import ADMConfig
+from tta.projection.adm import ADMUNet, save_adm
 from tta.projection.denoisers import (
     ADMDenoiser,
     ModuleDenoiser,

@@ -1,0 +1,59 @@
+"""Evaluation protocols: in which order test domains arrive and when the adapter is reset.
+
+A protocol turns per-domain loaders into one stream of :class:`StreamItem`. The adapter never
+decides when to reset; the protocol marks the batches before which the runner calls
+``adapter.reset()`` (keeping the protocol outside the method avoids the hidden-driver
+reproduction problems seen in CoTTA's code).
+
+This module names the protocols (:func:`get_protocol`, :func:`list_protocols`) and re-exports them:
+the stream types are in :mod:`eval.protocols.streams`, the domain-order protocols in :mod:`eval.protocols.domain_order`
+and the label-shift ones in :mod:`eval.protocols.label_shift`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from eval.protocols.domain_order import Continual, Gradual, MixedDomains, MixedSamples, ResetEachDomain
+from eval.protocols.label_shift import ClassSorted, DirichletLabelShift
+from eval.protocols.streams import Protocol
+
+__all__ = ["get_protocol", "list_protocols"]
+
+_PROTOCOLS: dict[str, Callable[[], Protocol]] = {
+    ResetEachDomain.name: ResetEachDomain,
+    Continual.name: Continual,
+    ClassSorted.name: ClassSorted,
+    DirichletLabelShift.name: DirichletLabelShift,
+    Gradual.name: Gradual,
+    MixedDomains.name: MixedDomains,
+    MixedSamples.name: MixedSamples,
+}
+
+
+def list_protocols() -> list[str]:
+    """Return the names accepted by :func:`get_protocol`, sorted."""
+    return sorted(_PROTOCOLS)
+
+
+def get_protocol(name: str, *, seed: int | None = None) -> Protocol:
+    """Return a new protocol instance from its name.
+
+    Args:
+        name: One of :func:`list_protocols`, e.g. ``"episodic"`` or ``"continual"``.
+        seed: Seeds the order of protocols that shuffle (``mixed``, ``mixed-samples``, ``dirichlet``); others
+            ignore it.
+
+    Raises:
+        ValueError: If ``name`` is unknown; the message lists the valid names.
+
+    Example:
+        >>> get_protocol("continual").name
+        'continual'
+    """
+    if name not in _PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; valid names are: {', '.join(list_protocols())}")
+    factory = _PROTOCOLS[name]
+    if seed is not None and factory in (MixedDomains, MixedSamples, DirichletLabelShift):
+        return factory(seed=seed)
+    return factory()
