@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 import tta
-from tta.edge import EdgeSession
+from tta.onnx.edge import EdgeSession
 
 Step = Callable[[torch.Tensor], object]
 

@@ -1,8 +1,9 @@
 """Test-time adaptation for deployed PyTorch classifiers: ``tta.wrap(model, "tent")`` and friends."""
 
 from tta import methods as _methods  # noqa: F401  (registers the built-in methods)
-from tta.base import TTAMethod, check_batch
-from tta.export import export_onnx
+from tta.base import TTAMethod
+from tta.checks import check_batch
+from tta.onnx.export import export_onnx
 from tta.ema import ema_update_
 from tta.losses import soft_cross_entropy, softmax_entropy, symmetric_cross_entropy
 from tta.methods import CoTTA, LAME, Norm, Source, Tent

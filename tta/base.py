@@ -1,26 +1,69 @@
-"""TTAMethod: the template every adaptation method fills in (adapt_step), with exact snapshot/reset."""
+"""TTAMethod: the template every method fills in (adapt_step), with its lock, exact snapshot/reset and warnings."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sys
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from adapters_bn import freeze_statistics
 from tta import state
-from tta._caller import warn_at_caller
-from tta.inputs import batch_statistics_advice, check_against_model, check_batch, check_grad_allowed
-from tta.locked import LockedModule
-from tta.options import check_base_options
-from tta.outputs import check_finite_logits, check_logits, logits_checked
-from tta.rollback import model_errors_explained, rolled_back_on_error
-from tta.snapshot import Snapshot, restore_snapshot, take_snapshot
+from tta.checks import (
+    Snapshot,
+    batch_statistics_advice,
+    check_against_model,
+    check_base_options,
+    check_batch,
+    check_finite_logits,
+    check_grad_allowed,
+    check_logits,
+    logits_checked,
+    model_errors_explained,
+    restore_snapshot,
+    rolled_back_on_error,
+    take_snapshot,
+)
 
-__all__ = ["TTAMethod", "check_batch"]  # check_batch: re-exported from tta.inputs
+__all__ = ["warn_at_caller", "LockedModule", "TTAMethod"]
+
+
+_INTERNAL = tuple(os.path.dirname(path) + os.sep for path in (__file__, str(torch.__file__)))
+
+
+def warn_at_caller(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """Issue ``message`` as if from the first calling frame outside ``tta`` and ``torch`` (the user's call)."""
+    frame = sys._getframe(1)
+    level = 2  # stacklevel 2 names the frame that called this function
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+class LockedModule(nn.Module):
+    """``nn.Module`` holding ``self._lock``: a ``deepcopy`` or unpickled copy gets its own lock, not a shared one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        attributes = dict(super().__getstate__())
+        attributes.pop("_lock", None)  # locks cannot be copied or pickled
+        return attributes
+
+    def __setstate__(self, attributes: dict[str, Any]) -> None:
+        super().__setstate__(attributes)
+        self._lock = threading.RLock()
 
 
 class TTAMethod(LockedModule):
@@ -28,7 +71,7 @@ class TTAMethod(LockedModule):
 
     Subclasses implement :meth:`adapt_step` (one update on ``x``, returning logits), register their
     optimizers in ``self.optimizers`` and call :meth:`snapshot` at the end of ``__init__``. ``self._lock``
-    (:class:`~tta.locked.LockedModule`) serializes adaptation across threads. All state
+    (:class:`~tta.base.LockedModule`) serializes adaptation across threads. All state
     lives in parameters, buffers and optimizer state, so the snapshot is complete. The wrapped model
     is put in ``eval()`` (dropout off) and stays there: ``train()`` on the wrapper does not recurse into
     it. Normalization modes are set explicitly by each method.
@@ -47,8 +90,9 @@ class TTAMethod(LockedModule):
         self.input_ndim = input_ndim
         self.optimizers: list[torch.optim.Optimizer] = []
         self._frozen = False
-        self._snapshot: Snapshot | None = None
+        self.reset_point: Snapshot | None = None  # what reset() restores; set by snapshot()
         self._warned_batch_of_one = False
+        self._reset_hooks: OrderedDict[int, Callable[[TTAMethod], None]] = OrderedDict()  # weak-referenceable
 
     def adapt_step(self, x: Tensor) -> Tensor:
         """Run one adaptation step on ``x`` and return logits (each method documents which forward)."""
@@ -85,7 +129,7 @@ class TTAMethod(LockedModule):
         if self.uses_grad:
             check_grad_allowed(type(self).__name__)
         if self.episodic:
-            self.reset()
+            self._restore()  # part of the step: reset hooks (checkpoint writes) are for resets of the stream
         if x.shape[0] == 1:
             self._warn_batch_of_one()
         # one step updates only after its checks (finite_step_); with more, a later step can be refused after
@@ -116,14 +160,29 @@ class TTAMethod(LockedModule):
 
     def snapshot(self) -> None:
         """Capture the current state (parameters, buffers, optimizer states) as the reset point."""
-        self._snapshot = take_snapshot(self, self.optimizers)
+        self.reset_point = take_snapshot(self, self.optimizers)
 
     def reset(self) -> None:
-        """Restore the state captured by :meth:`snapshot`, bit for bit."""
-        if self._snapshot is None:
-            raise RuntimeError(f"{type(self).__name__} has no snapshot: call self.snapshot() in __init__")
+        """Restore the state captured by :meth:`snapshot`, bit for bit, then run the reset hooks."""
         with self._lock:
-            restore_snapshot(self, self.optimizers, self._snapshot)
+            self._restore()
+            for hook in list(self._reset_hooks.values()):
+                hook(self)
+
+    def _restore(self) -> None:
+        if self.reset_point is None:
+            raise RuntimeError(f"{type(self).__name__} has no snapshot: call self.snapshot() in __init__")
+        restore_snapshot(self, self.optimizers, self.reset_point)
+
+    def register_reset_hook(self, hook: Callable[[TTAMethod], None]) -> RemovableHandle:
+        """Call ``hook(self)`` after every :meth:`reset` (not the per-batch reset of ``episodic=True``).
+
+        A periodic checkpoint uses it to rewrite its file, so that it never keeps a state just discarded
+        (e.g. by the collapse guard). Returns a handle whose ``remove()`` unregisters the hook.
+        """
+        handle = RemovableHandle(self._reset_hooks)
+        self._reset_hooks[handle.id] = hook
+        return handle
 
     def save_state(self, path: str | os.PathLike[str], *, relative_to_source: bool = False) -> None:
         """Write the full adaptation state to ``path`` atomically (see :func:`tta.state.save_state`)."""

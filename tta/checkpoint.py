@@ -22,14 +22,25 @@ from typing import Any
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from tta._io import check_writable_path, remove_stale_temporaries
+from tta.files import check_writable_path, remove_stale_temporaries
 from tta.base import TTAMethod
 from tta.guard import CollapseGuard
-from tta.state import load_state, save_state
 
-__all__ = ["PeriodicCheckpoint", "resume"]
+__all__ = ["Attachment", "PeriodicCheckpoint", "resume"]
 
 logger = logging.getLogger(__name__)
+
+
+class Attachment:
+    """The hooks by which a :class:`PeriodicCheckpoint` follows an adapter; :meth:`remove` detaches it."""
+
+    def __init__(self, *handles: RemovableHandle) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        """Stop checkpointing: remove the forward and reset hooks."""
+        for handle in self.handles:
+            handle.remove()
 
 
 class PeriodicCheckpoint:
@@ -74,11 +85,13 @@ class PeriodicCheckpoint:
                        "PeriodicCheckpoint with another path", self.path)
         return copied
 
-    def attach(self, adapter: TTAMethod) -> RemovableHandle:
-        """Start checkpointing ``adapter``; returns the hook handle (``handle.remove()`` stops it)."""
+    def attach(self, adapter: TTAMethod) -> Attachment:
+        """Start checkpointing ``adapter``: every ``every`` batches, and after every ``reset()`` (so the file
+        never keeps a state just discarded, e.g. by the collapse guard). ``.remove()`` on the result stops it.
+        """
         if not isinstance(adapter, TTAMethod):
             raise TypeError(f"PeriodicCheckpoint attaches to a tta method, got {type(adapter).__name__}")
-        return adapter.register_forward_hook(self._after_forward)
+        return Attachment(adapter.register_forward_hook(self._after_forward), adapter.register_reset_hook(self.write_now))
 
     def _after_forward(self, adapter: TTAMethod, args: tuple[Any, ...], output: Any) -> None:
         # Runs only after a forward that returned; a rejected batch raised before reaching here.
@@ -90,7 +103,7 @@ class PeriodicCheckpoint:
                 self._save_or_log(adapter)
 
     def write_now(self, adapter: TTAMethod) -> None:
-        """Write ``adapter``'s state now, logging and counting a failure (e.g. after a guard reset it)."""
+        """Write ``adapter``'s state now, logging and counting a failure (after every reset of ``adapter``)."""
         if self.enabled:
             with adapter._lock:
                 self._save_or_log(adapter)
@@ -115,7 +128,8 @@ class PeriodicCheckpoint:
 
     def save(self, adapter: TTAMethod) -> Path:
         """Write ``adapter``'s state now (also called every ``every`` batches); returns the path."""
-        path = save_state(adapter, self.path)
+        adapter.save_state(self.path)
+        path = self.path
         self.writes += 1
         logger.debug("checkpoint %d written to %s after %d batches", self.writes, path, self.batches)
         return path

@@ -120,12 +120,7 @@ class CollapseGuard(nn.Module):
         logger.warning("collapse detected at batch %d (diversity %.3f vs source %.3f): %s",
                        event.batch, adapted_div, source_div, self.policy)
         if self.policy in ("reset", "freeze"):
-            self.adapter.reset()
-            from tta.checkpoint import PeriodicCheckpoint  # here: tta.checkpoint imports this module
-
-            saver = PeriodicCheckpoint.of(self.adapter)
-            if saver is not None:  # the file must not keep the collapsed state just discarded
-                saver.write_now(self.adapter)
+            self.adapter.reset()  # its reset hooks rewrite an attached checkpoint: the collapsed state must not stay
         self.stopped = self.policy == "freeze"
 
     def train(self, mode: bool = True) -> CollapseGuard:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 __all__ = ["softmax_entropy", "soft_cross_entropy", "symmetric_cross_entropy"]

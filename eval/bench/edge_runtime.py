@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 import tta
-from tta.edge import EdgeSession
-from tta.export import require_onnx
+from tta.onnx.edge import EdgeSession
+from tta.onnx.export import require_onnx
 from tta.guard import CollapseGuard
 from tta.registry import get_adapter_class
 

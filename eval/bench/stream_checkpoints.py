@@ -29,7 +29,7 @@ from pathlib import Path
 from eval.bench.executors.base import WorkUnit
 from eval.results.records import CellKey
 from eval.protocols.streams import Protocol
-from tta._io import remove_stale_temporaries
+from tta.files import remove_stale_temporaries
 
 __all__ = ["STALE_SECONDS", "checkpoint_paths", "discard", "remove_stale_temporaries_in", "resumable",
            "resume_point", "states_folder"]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from eval.atomic_files import write_text_atomically
+from tta.files import write_text_atomically
 from eval.bench.spec import BenchSpec, check_device_available
 from eval.bench.driver import IncompleteBench, open_bench, run_bench
 from eval.bench.stream_checkpoints import states_folder

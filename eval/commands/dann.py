@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from eval.atomic_files import write_text_atomically
+from tta.files import write_text_atomically
 from eval.commands.errors import CLIError
 from eval.commands.options import split_csv
 from eval.commands.progress import progress_bar

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     options = parse_options(args.option, [args.method])[args.method]
     lame = None
     if args.lame_head is not None:
-        from tta._onnx_lame import LameGraph
+        from tta.onnx.lame import LameGraph
 
         lame = LameGraph(head=args.lame_head, knn=args.lame_knn, steps=args.lame_steps)
     model = load_source_model(args.checkpoint)

@@ -17,7 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from eval.models.source import with_normalization
-from tta._torch_load import read_torch_file
+from tta.files import read_torch_file
 
 __all__ = ["ModelSpec", "IMAGENET_MEAN", "IMAGENET_STD", "build_model", "load_weights", "file_digest"]
 

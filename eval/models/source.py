@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from eval.datasets.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from tta._io import atomic_torch_save
-from tta._torch_load import read_torch_file
+from tta.files import atomic_torch_save
+from tta.files import read_torch_file
 
 __all__ = [
     "ARCH",

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-from eval.atomic_files import write_atomically
+from tta.files import write_atomically
 from eval.results.baselines import ALEXNET_ERRORS
 from eval.domains import Domain
 from eval.metrics import mean_corruption_error

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from eval.datasets.fashion_mnist import load_fashion_mnist
-from tta._io import atomic_torch_save
+from tta.files import atomic_torch_save
 from tta.projection.adm_config import ADMConfig
 from tta.projection.adm import ADMUNet
 from tta.projection.schedule import NoiseSchedule

@@ -15,7 +15,7 @@ import pytest
 
 import eval.bench.work
 import eval.commands.bench
-from eval.atomic_files import write_text_atomically
+from tta.files import write_text_atomically
 from eval.cli import main
 from eval.domains import Domain
 from eval.results.records import CellKey, Record

@@ -81,17 +81,17 @@ def test_what_workers_print_reaches_the_driver_log_and_its_file_is_removed(
 
 
 def test_sigterm_interrupts_only_inside_the_block_and_never_replaces_a_programs_own_handler() -> None:
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    with pytest.raises(Terminated), sigterm_interrupts():
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    calls: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    outer = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # an earlier test (Ray) may have installed its own
     try:
+        with pytest.raises(Terminated), sigterm_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        calls: list[int] = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
         with sigterm_interrupts():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.1)
         assert calls == [signal.SIGTERM]
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, outer)

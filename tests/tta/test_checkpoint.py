@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tta
-import tta._io
+import tta.files
 from tests.helpers import clone_state, state_equal, tiny_classifier
 from tta.checkpoint import PeriodicCheckpoint, resume
 from tta.guard import CollapseGuard
@@ -85,7 +85,7 @@ def test_crash_during_a_write_leaves_the_previous_checkpoint_intact(
         handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
         raise KeyboardInterrupt("simulated crash during the checkpoint write")
 
-    monkeypatch.setattr(tta._io.torch, "save", dying_save)
+    monkeypatch.setattr(tta.files.torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         adapter(_batch(1))
     monkeypatch.undo()
@@ -143,7 +143,7 @@ def test_failed_checkpoint_write_keeps_the_prediction_and_is_counted(
     def full_disk(obj: object, handle: io.BufferedWriter) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tta._io.torch, "save", full_disk)
+    monkeypatch.setattr(tta.files.torch, "save", full_disk)
     for seed in range(2):
         assert torch.equal(adapter(_batch(seed)), reference(_batch(seed)))  # logits returned, adaptation kept
     saver = PeriodicCheckpoint.of(adapter)

@@ -77,7 +77,7 @@ def test_dann_step_updates_classifier_and_discriminator() -> None:
 
 def _fit(dann: DANN, path: Path | None, **config: object) -> list:  # type: ignore[type-arg]
     options = {"epochs": 2, "steps_per_epoch": 2, "lr": 0.05, **config}
-    return dann.fit(_batches(3, 0), _batches(2, 1, labeled=False), checkpoint=path, **options)
+    return fit_dann(dann, _batches(3, 0), _batches(2, 1, labeled=False), FitConfig(**options), checkpoint=path)  # type: ignore[arg-type]
 
 
 def test_fit_resumes_from_a_checkpoint_exactly(tmp_path: Path) -> None:

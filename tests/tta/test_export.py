@@ -17,9 +17,9 @@ from torch import Tensor, nn
 import tta
 from adapters_bn import AdaptiveBatchNorm, adapt_batchnorm, set_statistics
 from tests.helpers import randomize_bn_statistics, seeded, small_vit, tiny_classifier
-from tta._onnx_layers import BatchStatisticsNorm, NormConfig
-from tta._onnx_trace import Exporter
-from tta.export import OnnxMismatchError, export_onnx
+from tta.onnx.layers import BatchStatisticsNorm, NormConfig
+from tta.onnx.trace import Exporter
+from tta.onnx.export import OnnxMismatchError, export_onnx
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -107,7 +107,7 @@ def test_adaptive_export_matches_norm_method_at_any_batch(
     build, shape = MODELS[name]
     model = build()
     buffer = io.BytesIO()
-    with caplog.at_level(logging.WARNING, logger="tta.export"):
+    with caplog.at_level(logging.WARNING, logger="tta.onnx.export"):
         result = export_onnx(model, buffer, torch.rand(4, *shape), mode="adaptive", prior=0.0, exporter=exporter)
     # A LayerNorm model (ViT) has no statistics to adapt: the adaptive graph is the plain model, and we say so.
     reference = tta.wrap(model, "norm") if _has_batchnorm(model) else model
@@ -148,7 +148,7 @@ def test_torchscript_exporter_cannot_export_torchvision_vit() -> None:
 
 
 def test_ema_graph_carries_state_like_the_norm_method(tmp_path: Path) -> None:
-    from tta.edge import EdgeSession
+    from tta.onnx.edge import EdgeSession
 
     model = tiny_classifier()
     result = export_onnx(model, tmp_path / "ema.onnx", torch.rand(4, 3, 16, 16), mode="adaptive",
@@ -170,7 +170,7 @@ def test_ema_graph_carries_state_like_the_norm_method(tmp_path: Path) -> None:
 
 
 def test_ema_graph_keeps_its_state_through_a_nan_batch_like_adapters_bn(tmp_path: Path) -> None:
-    from tta.edge import EdgeSession
+    from tta.onnx.edge import EdgeSession
 
     model = tiny_classifier()
     export_onnx(model, tmp_path / "ema.onnx", torch.rand(4, 3, 16, 16), mode="adaptive", ema_momentum=0.2)

@@ -69,7 +69,7 @@ def test_policies_answer_with_source_and_act(policy: str) -> None:
     out = guard(x)
     assert len(guard.events) == 1 and guard.events[0].action == policy
     assert torch.equal(out, source(x))
-    reset = all(torch.equal(v, adapter._snapshot[0][k]) for k, v in adapter.state_dict().items())
+    reset = all(torch.equal(v, adapter.reset_point[0][k]) for k, v in adapter.state_dict().items())
     assert reset == (policy != "fallback")
     if policy == "fallback":
         assert any(not torch.equal(v, adapter.state_dict()[k]) for k, v in moved.items())

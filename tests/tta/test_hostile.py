@@ -15,7 +15,7 @@ from tests.helpers import tiny_classifier
 from tests.tta.test_contract import OPTIONS
 from tta.guard import CollapseGuard
 from tta.registry import get_adapter_class
-from tta.rollback import finite_step_
+from tta.checks import finite_step_
 
 METHODS = tta.list_methods()
 GRADIENT_METHODS = [name for name in METHODS if get_adapter_class(name).uses_grad]

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import tiny_classifier
-from tta._onnx_lame import LameGraph, knn_affinity, laplacian_steps, log_plus_epsilon
-from tta.export import export_onnx
+from tta.onnx.lame import LameGraph, knn_affinity, laplacian_steps, log_plus_epsilon
+from tta.onnx.export import export_onnx
 
 
 def _reference_knn_affinity(features: torch.Tensor, knn: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 import tta
 from tests.helpers import clone_state, state_equal, tiny_classifier
 from tests.tta.projection.tiny_denoiser import TinyDenoiser
-from tta.options import check_bool, check_int, check_positive, check_probability, check_real
+from tta.checks import check_bool, check_int, check_positive, check_probability, check_real
 
 METHODS = tta.list_methods()
 # Options a method needs on the tiny model (LAME: its head has no conventional name) or to stay fast.

@@ -135,7 +135,7 @@ def _net(width: int = 8) -> torch.nn.Module:
 
 def _everything(adapter: tta.TTAMethod) -> tuple[dict[str, torch.Tensor], list[object], object]:
     """The module state, optimizer states and reset snapshot, as comparable copies."""
-    return clone_state(adapter), [repr(opt.state_dict()) for opt in adapter.optimizers], repr(adapter._snapshot)
+    return clone_state(adapter), [repr(opt.state_dict()) for opt in adapter.optimizers], repr(adapter.reset_point)
 
 
 def test_refused_load_changes_nothing_even_where_tensors_fit(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import torch
 import tta
 from tests.helpers import tiny_classifier
 from tests.tta.projection.tiny_denoiser import TinyDenoiser
-from tta._torch_load import read_torch_file
+from tta.files import read_torch_file
 from tta.checkpoint import resume
 
 METHODS = tta.list_methods()
@@ -79,7 +79,7 @@ def _everything(adapter: tta.TTAMethod) -> tuple[object, ...]:
     """Copies of all an adapter's state: module tensors, optimizer states and settings, and the reset snapshot."""
     module = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
     optimizers = [_copied(opt.state_dict()) for opt in adapter.optimizers]
-    return module, optimizers, _copied(adapter._snapshot)
+    return module, optimizers, _copied(adapter.reset_point)
 
 
 def _copied(value: object) -> object:

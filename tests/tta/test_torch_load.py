@@ -9,7 +9,7 @@ import torch
 
 import tta
 from tests.helpers import tiny_classifier
-from tta._torch_load import read_torch_file
+from tta.files import read_torch_file
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -39,9 +38,6 @@ from torch.nn import functional as F
 
 from tta.da.grl import GradientReversal, grad_reverse
 from tta.heads import split_classifier
-
-if TYPE_CHECKING:
-    from tta.da.fit import EpochRecord
 
 __all__ = ["DANN", "DANNLosses", "DomainHead", "dann_step"]
 
@@ -240,22 +236,6 @@ class DANN(nn.Module):
         domain = F.cross_entropy(domain_logits, domains)
         accuracy = (domain_logits.detach().argmax(1) == domains).float().mean()
         return DANNLosses(task=task, domain=domain, total=task + self.domain_weight * domain, domain_accuracy=accuracy)
-
-    def fit(self, source_loader: Any, target_loader: Any, **options: Any) -> list[EpochRecord]:
-        """Train in place with :func:`tta.da.fit.fit_dann` and return its per-epoch records.
-
-        ``options`` are the fields of :class:`~tta.da.fit.FitConfig` (``epochs``, ``trainable``, ...)
-        plus ``checkpoint``, ``progress`` and ``tag`` of :func:`~tta.da.fit.fit_dann`.
-
-        Returns:
-            One :class:`~tta.da.fit.EpochRecord` per epoch (including epochs restored from a checkpoint).
-        """
-        from tta.da.fit import FitConfig, fit_dann
-
-        checkpoint, progress = options.pop("checkpoint", None), options.pop("progress", None)
-        tag = options.pop("tag", "")
-        return fit_dann(self, source_loader, target_loader, FitConfig(**options), checkpoint=checkpoint,
-                        progress=progress, tag=tag)
 
 
 def dann_step(

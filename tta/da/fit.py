@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from tta._io import atomic_torch_save
+from tta.files import atomic_torch_save
 from tta.da.dann import DANN, DANNLosses, dann_step
 from tta.da.grl import anneal_lr, dann_schedule
 from tta.params import norm_affine_parameters

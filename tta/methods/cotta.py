@@ -71,7 +71,7 @@ from tta.augment import augment_copies, sample_augment_params
 from tta.base import TTAMethod
 from tta.ema import detached_copy, ema_update_
 from tta.losses import soft_cross_entropy, symmetric_cross_entropy
-from tta.options import (
+from tta.checks import (
     check_base_options,
     check_bool,
     check_choice,
@@ -82,7 +82,7 @@ from tta.options import (
 )
 from tta.params import requires_grad_only
 from tta.registry import register_adapter
-from tta.rollback import finite_step_
+from tta.checks import finite_step_
 
 __all__ = ["CoTTA", "PRESETS", "configure_model", "collect_params", "share_statistics_", "stochastic_restore_"]
 

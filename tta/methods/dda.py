@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from adapters_bn import adapt_batchnorm, iter_adaptive
 from tta.base import TTAMethod
-from tta.options import check_base_options, check_bool, check_choice, check_int, check_non_negative
+from tta.checks import check_base_options, check_bool, check_choice, check_int, check_non_negative
 from tta.projection.denoisers import as_denoiser
 from tta.projection.guided import DiffusionProjector, GuidanceNorm
 from tta.projection.schedule import NoiseSchedule

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from tta.base import TTAMethod
 from tta.heads import split_classifier
-from tta.options import (
+from tta.checks import (
     check_base_options,
     check_bool,
     check_choice,

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from adapters_bn import BN_STATS, BNStats, adapt_batchnorm, iter_adaptive
 from tta.base import TTAMethod
-from tta.options import check_base_options, check_choice, check_probability
+from tta.checks import check_base_options, check_choice, check_probability
 from tta.registry import register_adapter
 
 __all__ = ["Norm"]

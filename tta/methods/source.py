@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from tta.base import TTAMethod
-from tta.options import check_input_ndim
+from tta.checks import check_input_ndim
 from tta.registry import register_adapter
 
 __all__ = ["Source"]

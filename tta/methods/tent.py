@@ -35,10 +35,10 @@ from torch import Tensor, nn
 from adapters_bn import BN_STATS, BNStats, adapt_batchnorm
 from tta.base import TTAMethod
 from tta.losses import softmax_entropy
-from tta.options import check_base_options, check_choice, check_non_negative, check_positive, check_probability
+from tta.checks import check_base_options, check_choice, check_non_negative, check_positive, check_probability
 from tta.params import norm_affine_parameters, requires_grad_only
 from tta.registry import register_adapter
-from tta.rollback import finite_step_
+from tta.checks import finite_step_
 
 __all__ = ["Tent", "configure_model", "collect_params", "build_optimizer"]
 

@@ -1,6 +1,7 @@
 """Input projection toward the source domain: diffusion-driven (DDA)."""
 
-from tta.projection.adm import ADMConfig, ADMUNet, imagenet_256_uncond_config, load_adm, save_adm
+from tta.projection.adm_config import ADMConfig, imagenet_256_uncond_config
+from tta.projection.adm import ADMUNet, load_adm, save_adm
 from tta.projection.denoisers import (
     ADMDenoiser,
     Denoiser,

@@ -39,22 +39,13 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from tta._io import atomic_torch_save
-from tta._torch_load import read_torch_file
+from tta.files import atomic_torch_save
+from tta.files import read_torch_file
 from tta.projection._adm_blocks import GroupNorm32, timestep_embedding, zero_
 from tta.projection._adm_levels import BlockFactory, build_input_blocks, build_middle_block, build_output_blocks
 from tta.projection.adm_config import ADMConfig, imagenet_256_uncond_config
 
-__all__ = [
-    "ADM_256_UNCOND_FILENAME",
-    "ADM_256_UNCOND_URL",
-    "ADMConfig",
-    "ADMUNet",
-    "imagenet_256_uncond_config",
-    "load_adm",
-    "save_adm",
-    "timestep_embedding",
-]
+__all__ = ["ADM_256_UNCOND_FILENAME", "ADM_256_UNCOND_URL", "ADMUNet", "load_adm", "save_adm"]
 
 ADM_256_UNCOND_FILENAME = "256x256_diffusion_uncond.pt"
 ADM_256_UNCOND_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"

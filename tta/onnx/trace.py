@@ -1,9 +1,9 @@
 """Tracing a prepared module to ONNX with either exporter, and writing the calling convention into the file.
 
-:func:`tta.export.export_onnx` prepares the module (a folded or batch-statistics copy, wrapped with
+:func:`tta.onnx.export.export_onnx` prepares the module (a folded or batch-statistics copy, wrapped with
 its EMA state) and checks the result; this module runs ``torch.onnx.export`` (``dynamo`` or
 ``torchscript``), names the graph's inputs and outputs, makes the EMA state inputs optional and stores
-the convention in the model's metadata (see :mod:`tta.export` for the convention itself).
+the convention in the model's metadata (see :mod:`tta.onnx.export` for the convention itself).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Literal, TypedDict
 import torch
 from torch import Tensor, nn
 
-from tta._onnx_lame import LameGraph
-from tta._onnx_layers import StatefulGraph
+from tta.onnx.lame import LameGraph
+from tta.onnx.layers import StatefulGraph
 
 if TYPE_CHECKING:
     import onnx

@@ -1,7 +1,7 @@
 """EdgeSession: run an exported graph with onnxruntime and carry its EMA statistics across calls.
 
 This module needs numpy and onnxruntime only (no PyTorch), so it can be copied to an edge device
-as a single file. It implements the calling convention of :mod:`tta.export`: the graph takes
+as a single file. It implements the calling convention of :mod:`tta.onnx.export`: the graph takes
 ``input`` (and, with EMA statistics, the ``ema_in.*`` state), and returns ``logits`` (and the
 ``ema_out.*`` state that the next call feeds back).
 """

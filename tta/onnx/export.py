@@ -14,8 +14,8 @@ runs 3-10x faster, but PyTorch deprecated it and plans its removal, and it canno
 torchvision's ViT (fused ``_native_multi_head_attention`` in inference). Both exporters turn a
 BatchNorm in training mode that holds running statistics into an inference BatchNorm (the dynamo
 exporter with at most a generic "training mode" warning), so batch statistics go through an explicit
-module (``tta._onnx_layers``), never through ``train()``.
-Running the exporters and writing the metadata below into the file is ``tta._onnx_trace``'s part.
+module (``tta.onnx.layers``), never through ``train()``.
+Running the exporters and writing the metadata below into the file is ``tta.onnx.trace``'s part.
 
 Calling convention (adaptive graphs with EMA statistics), also stored in the model's metadata:
 
@@ -24,7 +24,7 @@ Calling convention (adaptive graphs with EMA statistics), also stored in the mod
 - outputs: ``logits`` ``(batch, K)``, then ``ema_out.<name>.mean`` and ``ema_out.<name>.var``;
 - feed each ``ema_out.*`` back as the matching ``ema_in.*`` on the next call. The state inputs
   default to the statistics at export time (initializers), so the first call after a reset omits
-  them. :class:`tta.edge.EdgeSession` does exactly this.
+  them. :class:`tta.onnx.edge.EdgeSession` does exactly this.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ import torch
 from torch import Tensor, nn
 
 from adapters_bn import AdaptiveBatchNorm, fold_batchnorm, is_batchnorm
-from tta._onnx_lame import LameGraph, LameOutput
-from tta._onnx_layers import BatchStatisticsNorm, NormConfig, StatefulGraph, to_batch_statistics
-from tta._onnx_trace import INPUT_NAME, Exporter, annotate, trace
+from tta.onnx.lame import LameGraph, LameOutput
+from tta.onnx.layers import BatchStatisticsNorm, NormConfig, StatefulGraph, to_batch_statistics
+from tta.onnx.trace import INPUT_NAME, Exporter, annotate, trace
 from tta.base import TTAMethod
 from tta.methods.norm import Norm
 from tta.methods.source import Source
 
-__all__ = ["ExportMode", "Exporter", "LameGraph", "OnnxExport", "OnnxMismatchError", "export_onnx", "EXTRA_HINT"]
+__all__ = ["ExportMode", "OnnxExport", "OnnxMismatchError", "export_onnx", "EXTRA_HINT"]
 
 logger = logging.getLogger(__name__)
 
