@@ -50,7 +50,7 @@ def adapt_batchnorm(
     return replace_modules(
         model,
         lambda _name, m: is_batchnorm(m),
-        lambda m: AdaptiveBatchNorm(m, stats=stats, momentum=momentum, prior=prior),
+        lambda m: AdaptiveBatchNorm.for_checked_options(m, stats=stats, momentum=momentum, prior=prior),
     )
 
 

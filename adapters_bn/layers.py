@@ -137,6 +137,23 @@ class AdaptiveBatchNorm(nn.Module):
                 f"FrozenBatchNorm2d), got {type(source).__name__}"
             )
         check_stats_options(stats, momentum, prior)
+        self._setup(source, stats, momentum, prior)
+
+    @classmethod
+    def for_checked_options(
+        cls, source: nn.Module, *, stats: BNStats, momentum: float, prior: float
+    ) -> AdaptiveBatchNorm:
+        """Return the layer over the BatchNorm ``source`` for options its caller checked once for a whole model.
+
+        :func:`adapters_bn.adapt_batchnorm` checks ``stats``, ``momentum`` and ``prior`` once and builds
+        every layer here, instead of checking them again in each layer's constructor.
+        """
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._setup(source, stats, momentum, prior)
+        return layer
+
+    def _setup(self, source: nn.Module, stats: BNStats, momentum: float, prior: float) -> None:
         mean, var = _tensor_attribute(source, "running_mean"), _tensor_attribute(source, "running_var")
         if mean is None or var is None:
             raise ValueError(f"{type(source).__name__} has no running statistics to keep as source statistics")

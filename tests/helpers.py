@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchvision.models import VisionTransformer, resnet18
+
+import tta
+from tests.tta.projection.tiny_denoiser import TinyDenoiser
+from tta import registry
+from tta.base import Need, TTAMethod
+from tta.registry import get_adapter_class, register_adapter
 
 
 def seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
@@ -110,3 +118,44 @@ def tiny_rgb_classifier(num_classes: int = 10) -> nn.Module:
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes),
     ))
+
+
+def tiny_source_data() -> list[tuple[Tensor, Tensor]]:
+    """Two labeled random batches for :func:`tiny_classifier`, standing in for a method's source data."""
+    generator = torch.Generator().manual_seed(11)
+    return [(torch.rand(8, 3, 16, 16, generator=generator), torch.randint(0, 10, (8,), generator=generator))
+            for _ in range(2)]
+
+
+NEED_SUPPLIES: dict[Need, Callable[[], object]] = {"denoiser": TinyDenoiser, "source_data": tiny_source_data}
+"""A fresh tiny supply for each need a method can declare (``TTAMethod.needs``), for the tiny classifier."""
+
+
+def method_options(name: str, **options: Any) -> dict[str, Any]:
+    """Options that build registered method ``name`` quickly on the tiny classifier, from its declarations.
+
+    Its ``quick_options``, a tiny supply of each of its ``needs`` not given, then ``options`` (which win).
+    """
+    cls = get_adapter_class(name)
+    supplied: dict[str, object] = {need: NEED_SUPPLIES[need]() for need in sorted(cls.needs) if need not in options}
+    return {**cls.quick_options, **supplied, **options}
+
+
+def build_method(name: str, model: nn.Module | None = None, **options: Any) -> TTAMethod:
+    """Wrap ``model`` (default: a fresh :func:`tiny_classifier`) with registered method ``name`` as declared.
+
+    For ``production=True`` (a guard) call ``tta.wrap(model, name, **method_options(name, ...))`` instead.
+    """
+    adapter = tta.wrap(tiny_classifier() if model is None else model, name, **method_options(name, **options))
+    assert isinstance(adapter, TTAMethod), f"build_method returns the method itself; got {type(adapter).__name__}"
+    return adapter
+
+
+@contextmanager
+def registered(name: str, cls: type[TTAMethod]) -> Iterator[str]:
+    """Register test-only method ``cls`` as ``name`` (declarations checked) for the block only; yields ``name``."""
+    register_adapter(name)(cls)
+    try:
+        yield name
+    finally:
+        del registry._REGISTRY[name]

@@ -8,10 +8,9 @@ from tta.ema import ema_update_
 from tta.losses import soft_cross_entropy, softmax_entropy, symmetric_cross_entropy
 from tta.methods import CoTTA, LAME, Norm, Source, Tent
 from tta.params import count_trainable, norm_affine_parameters, requires_grad_only
-from tta.registry import adapter_options, create_adapter, list_adapters, register_adapter
+from tta.registry import create_adapter, list_methods, method_options, register_adapter
 from tta.wrap import wrap
 
-list_methods = list_adapters
 __version__ = "0.1.0"  # the distribution's version (pyproject reads it from here)
 
 __all__ = [
@@ -22,14 +21,13 @@ __all__ = [
     "Source",
     "TTAMethod",
     "Tent",
-    "adapter_options",
     "check_batch",
     "count_trainable",
     "create_adapter",
     "ema_update_",
     "export_onnx",
-    "list_adapters",
     "list_methods",
+    "method_options",
     "norm_affine_parameters",
     "register_adapter",
     "requires_grad_only",

@@ -25,10 +25,15 @@ blur kernel stays 5x5 as in both official variants.
 Grayscale (one channel): brightness, contrast and gamma apply; saturation and hue are the
 identity, which is what torchvision's ``adjust_saturation``/``adjust_hue`` do on one-channel
 tensors. Inputs need one or three channels and values in [0, 1].
+
+Another augmentation can stand in for this chain (CoTTA's ``augment=``): an :data:`AugmentFn`
+returns one augmented copy of a batch, drawing its randomness from the two generators it is given;
+:func:`copies_of` makes the copies and checks each.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +47,14 @@ __all__ = [
     "sample_augment_params",
     "augment",
     "augment_copies",
+    "AugmentFn",
+    "check_augment",
+    "copies_of",
 ]
+
+AugmentFn = Callable[[Tensor, torch.Generator, torch.Generator], Tensor]
+"""``augment(x, cpu_generator, device_generator) -> copy``: one augmented copy of the batch ``x``, same shape,
+dtype and device, its random draws taken from a CPU generator and a generator on ``x``'s device."""
 
 COLOR_OPS = ("brightness", "contrast", "saturation", "hue", "gamma")
 """The colour operations of ``ColorJitterPro``, indexed as in its ``randperm(5)``."""
@@ -183,3 +195,32 @@ def augment_copies(
 ) -> Tensor:
     """Return the augmented copies of ``x`` stacked as ``(N, B, C, H, W)``, one per entry of ``params``."""
     return torch.stack([augment(x, p, generator, noise_std=noise_std) for p in params])
+
+
+def check_augment(augment_fn: object) -> None:
+    """Raise a clear ``TypeError`` unless ``augment_fn`` is ``None`` or a callable (an :data:`AugmentFn`)."""
+    if augment_fn is not None and not callable(augment_fn):
+        raise TypeError(f"augment must be a callable augment(x, cpu_generator, device_generator) -> Tensor or None, "
+                        f"got {type(augment_fn).__name__} {augment_fn!r:.40}; pass a function from Python "
+                        f"(it cannot be given as text)")
+
+
+def copies_of(
+    x: Tensor, augment_fn: AugmentFn, count: int, cpu_generator: torch.Generator, device_generator: torch.Generator
+) -> Tensor:
+    """Return ``count`` copies of ``x`` made by ``augment_fn``, stacked as ``(count, B, C, H, W)``.
+
+    Raises:
+        TypeError: If ``augment_fn`` returns something other than a tensor.
+        ValueError: If a copy's shape, dtype or device differs from ``x``'s.
+    """
+    copies = [augment_fn(x, cpu_generator, device_generator) for _ in range(count)]
+    for copy in copies:
+        if not isinstance(copy, Tensor):
+            raise TypeError(f"augment returned a {type(copy).__name__}, not a tensor; it must return one augmented "
+                            f"copy of the batch")
+        if (copy.shape, copy.dtype, copy.device) != (x.shape, x.dtype, x.device):
+            raise ValueError(f"augment returned shape {tuple(copy.shape)}, {copy.dtype} on {copy.device} for a batch "
+                             f"of shape {tuple(x.shape)}, {x.dtype} on {x.device}; it must return one augmented copy "
+                             f"of the batch, alike in all three")
+    return torch.stack(copies)

@@ -7,9 +7,9 @@ import sys
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self, get_args
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,14 @@ from tta.checks import (
     take_snapshot,
 )
 
-__all__ = ["warn_at_caller", "LockedModule", "TTAMethod"]
+__all__ = ["warn_at_caller", "LockedModule", "TTAMethod", "Changes", "Exports", "Need", "CHANGES", "EXPORTS", "NEEDS"]
+
+Changes = Literal["nothing", "statistics", "norm_affine", "all"]
+Exports = Literal["adaptive", "frozen", "none"]
+Need = Literal["source_data", "denoiser"]
+CHANGES: tuple[str, ...] = get_args(Changes)
+EXPORTS: tuple[str, ...] = get_args(Exports)
+NEEDS: tuple[str, ...] = get_args(Need)
 
 
 _INTERNAL = tuple(os.path.dirname(path) + os.sep for path in (__file__, str(torch.__file__)))
@@ -75,9 +82,30 @@ class TTAMethod(LockedModule):
     lives in parameters, buffers and optimizer state, so the snapshot is complete. The wrapped model
     is put in ``eval()`` (dropout off) and stays there: ``train()`` on the wrapper does not recurse into
     it. Normalization modes are set explicitly by each method.
+
+    Each method declares what callers would otherwise hard-code about it (class variables;
+    :func:`tta.registry.register_adapter` refuses a class that does not set ``changes`` and ``exports``):
+
+    - ``changes``: what adapting changes. ``nothing`` (no parameter, buffer or optimizer state),
+      ``statistics`` (buffers only: normalization statistics, counters), ``norm_affine`` (the
+      normalization layers' affine parameters, and statistics), ``all`` (any parameter).
+    - ``exports``: what :func:`tta.export_onnx` can write. ``adaptive``: forward-only adaptation the graph
+      computes itself; ``frozen``: the current state as a fixed graph; ``none``: outputs or inputs changed
+      in ways the exporter cannot infer.
+    - ``needs``: what a caller must supply, as the option of the same name: ``source_data`` (batches of
+      the source training data) or ``denoiser`` (a diffusion model of the source data). A benchmark suite
+      supplies what it has.
+    - ``quick_options``: options for a quick build on a tiny model (tests, smoke runs), never a need.
+
+    The values here are the cautious ones an unregistered subclass gets: it may change anything, and
+    export refuses it.
     """
 
     uses_grad: ClassVar[bool] = False
+    changes: ClassVar[Changes] = "all"
+    exports: ClassVar[Exports] = "none"
+    needs: ClassVar[frozenset[Need]] = frozenset()
+    quick_options: ClassVar[Mapping[str, object]] = {}
 
     def __init__(
         self, model: nn.Module, *, steps: int = 1, episodic: bool = False, input_ndim: int | None = 4

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import math
 import numbers
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from adapters_bn import iter_adaptive
 
-__all__ = ["check_base_options", "check_bool", "check_choice", "check_input_ndim", "check_int", "check_non_negative", "check_optional_str", "check_positive", "check_probability", "check_real", "batch_statistics_advice", "check_against_model", "check_batch", "check_grad_allowed", "check_finite_logits", "check_logits", "logits_checked", "finite_step_", "model_errors_explained", "rolled_back_on_error", "Snapshot", "Stateful", "take_snapshot", "restore_snapshot"]
+__all__ = ["OptionCheck", "checked_builder", "builder_parts", "check_base_options", "check_bool", "check_choice", "check_input_ndim", "check_int", "check_non_negative", "check_optional_str", "check_positive", "check_probability", "check_real", "batch_statistics_advice", "check_against_model", "check_batch", "check_grad_allowed", "check_finite_logits", "check_logits", "logits_checked", "finite_step_", "model_errors_explained", "rolled_back_on_error", "Snapshot", "Stateful", "take_snapshot", "restore_snapshot"]
 
 
 def _received(value: object) -> str:
@@ -109,6 +111,44 @@ def check_base_options(*, steps: object = 1, episodic: object = False, input_ndi
     check_int("steps", steps, minimum=1)
     check_bool("episodic", episodic)
     check_input_ndim(input_ndim)
+
+
+OptionCheck = Callable[[Mapping[str, Any]], None]
+"""A method's option check: raises for a value it cannot use; gets every option of ``from_model``, defaults filled."""
+_Builder = TypeVar("_Builder", bound=Callable[..., Any])
+
+
+def checked_builder(check: OptionCheck) -> Callable[[_Builder], _Builder]:
+    """Decorate a method's ``from_model`` (under ``@classmethod``) so that every call checks its options first.
+
+    The call's keyword-only options, defaults filled, go to ``check`` before the builder touches the
+    model, so a rejected call changes nothing. The declaration stays the builder's signature; the
+    registry reads both parts (:func:`builder_parts`) to check once and build without checking again.
+    """
+
+    def decorate(builder: _Builder) -> _Builder:
+        signature = inspect.signature(builder)
+        names = [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+        @functools.wraps(builder)
+        def checked(cls: type, model: nn.Module, /, **options: Any) -> Any:
+            bound = signature.bind(cls, model, **options)
+            bound.apply_defaults()
+            check({name: bound.arguments[name] for name in names})
+            return builder(cls, model, **options)
+
+        checked.check_options = check  # type: ignore[attr-defined]
+        return checked  # type: ignore[return-value]
+
+    return decorate
+
+
+def builder_parts(builder: Callable[..., Any]) -> tuple[OptionCheck | None, Callable[..., Any]]:
+    """Return ``(option check, unchecked builder)`` of a class's bound ``from_model`` (no check: ``None``)."""
+    function, owner = getattr(builder, "__func__", None), getattr(builder, "__self__", None)
+    if function is None:
+        return None, builder
+    return getattr(function, "check_options", None), functools.partial(inspect.unwrap(function), owner)
 
 
 def check_batch(x: Tensor, ndim: int | None = 4) -> None:

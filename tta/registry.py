@@ -3,33 +3,87 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+import typing
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from tta.base import TTAMethod
+from tta.base import CHANGES, EXPORTS, NEEDS, TTAMethod
+from tta.checks import builder_parts
 
-__all__ = ["register_adapter", "create_adapter", "list_adapters", "get_adapter_class", "adapter_options", "adapter_parameters"]
+__all__ = [
+    "MethodOption", "MethodSettings", "register_adapter", "list_methods", "get_adapter_class", "method_options",
+    "check_method_options", "build_adapter", "create_adapter",
+]
 
 _REGISTRY: dict[str, type[TTAMethod]] = {}
 T = TypeVar("T", bound="type[TTAMethod]")
 
 
 def register_adapter(name: str) -> Callable[[T], T]:
-    """Class decorator registering a method under ``name``; a duplicate name raises ``ValueError``."""
+    """Class decorator registering a method under ``name``.
+
+    A duplicate name raises ``ValueError``; so does a class whose declarations (``changes``, ``exports``,
+    ``needs``, ``quick_options``, see :class:`~tta.base.TTAMethod`) are missing or invalid (``TypeError``
+    for a missing one or a wrong type), since callers act on them without knowing the method.
+    """
 
     def decorate(cls: T) -> T:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is already registered by {_REGISTRY[name].__name__}")
         _REGISTRY[name] = cls
+        try:
+            _check_declarations(name, cls)
+        except (TypeError, ValueError):
+            del _REGISTRY[name]
+            raise
         return cls
 
     return decorate
 
 
-def list_adapters() -> list[str]:
+def _check_declarations(name: str, cls: type[TTAMethod]) -> None:
+    """Raise unless ``cls`` declares ``changes`` and ``exports`` itself and all its declarations are valid."""
+    where = f"{cls.__name__} (method {name!r})"
+    for attribute, allowed in (("changes", CHANGES), ("exports", EXPORTS)):
+        if not any(attribute in vars(c) for c in cls.__mro__ if c is not TTAMethod):
+            raise TypeError(f"{where} must declare the class variable {attribute} = one of {list(allowed)}")
+        if getattr(cls, attribute) not in allowed:
+            raise ValueError(f"{where} declares {attribute}={getattr(cls, attribute)!r}; choose one of {list(allowed)}")
+    if cls.exports == "adaptive" and cls.uses_grad:
+        raise ValueError(f"{where} declares exports='adaptive' but adapts by gradients, which an inference graph "
+                         "cannot compute; declare exports='frozen'")
+    options = _option_names(cls)
+    _check_needs(where, cls.needs, options)
+    _check_quick_options(where, cls.quick_options, cls.needs, options)
+
+
+def _check_needs(where: str, needs: object, options: Collection[str]) -> None:
+    """Each need is a known name and an option of ``from_model`` (a caller supplies it as that option)."""
+    if not isinstance(needs, frozenset):
+        raise TypeError(f"{where} declares needs={needs!r}; declare a frozenset of names from {list(NEEDS)}")
+    unknown = [need for need in needs if need not in NEEDS]
+    if unknown:
+        raise ValueError(f"{where} declares unknown need(s) {unknown}; known needs: {list(NEEDS)}")
+    missing = sorted(needs - set(options))
+    if missing:
+        raise ValueError(f"{where} needs {missing}, but its from_model takes no option of that name; a caller "
+                         "supplies each need as the option of the same name")
+
+
+def _check_quick_options(where: str, quick: object, needs: frozenset[str], options: Collection[str]) -> None:
+    """Quick options are options of ``from_model``, never needs (callers supply those)."""
+    if not isinstance(quick, Mapping):
+        raise TypeError(f"{where} declares quick_options={quick!r}; declare a dict of from_model options")
+    wrong = [option for option in quick if option not in options or option in needs]
+    if wrong:
+        raise ValueError(f"{where} declares quick_options {wrong} that are not options of its from_model, or are "
+                         f"needs (callers supply those); its options: {sorted(options)}")
+
+
+def list_methods() -> list[str]:
     """Return the registered method names, sorted."""
     return sorted(_REGISTRY)
 
@@ -39,30 +93,86 @@ def get_adapter_class(name: str) -> type[TTAMethod]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; available: {list_adapters()}") from None
+        raise ValueError(f"unknown method {name!r}; available: {list_methods()}") from None
 
 
-def adapter_parameters(name: str) -> dict[str, inspect.Parameter]:
-    """Return the keyword options of a method's ``from_model`` builder (defaults and annotations)."""
-    signature = inspect.signature(get_adapter_class(name).from_model)
-    return {p.name: p for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+@dataclass(frozen=True)
+class MethodOption:
+    """One option of a method, as its ``from_model`` declares it.
+
+    Attributes:
+        name: The keyword.
+        type: The declared type, evaluated (``float | None``, ``Literal["adam", "sgd"]``, ``str``...).
+        default: The default value.
+    """
+
+    name: str
+    type: Any
+    default: Any
 
 
-def adapter_options(name: str) -> dict[str, Any]:
-    """Return the keyword options of a method's ``from_model`` builder with their defaults."""
-    return {option: p.default for option, p in adapter_parameters(name).items()}
+def _option_names(cls: type[TTAMethod]) -> list[str]:
+    """The keyword-only parameters of ``cls.from_model``, in declaration order (annotations not evaluated)."""
+    signature = inspect.signature(cls.from_model)
+    return [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-def create_adapter(name: str, model: nn.Module, **kwargs: Any) -> TTAMethod:
-    """Build method ``name`` on ``model`` with its standard recipe (``from_model``).
+def method_options(name: str) -> dict[str, MethodOption]:
+    """Return the options of method ``name``: the keyword-only parameters of its ``from_model``, with real types.
 
-    Raises:
-        ValueError: unknown method name.
-        TypeError: an option the method does not take (the message lists the valid ones).
+    The builder's signature is the one declaration of a method's options: ``tta list``, ``--option``
+    parsing and the checks all read it here.
     """
     cls = get_adapter_class(name)
-    valid = adapter_options(name)
-    unknown = sorted(set(kwargs) - set(valid))
+    hints = typing.get_type_hints(cls.from_model)
+    parameters = inspect.signature(cls.from_model).parameters
+    return {option: MethodOption(option, hints.get(option, Any), parameters[option].default)
+            for option in _option_names(cls)}
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """A method's options as the user gave them, checked (names and values) by :func:`check_method_options`.
+
+    :func:`build_adapter` builds from them without checking again, so a run that builds the same method
+    many times (one adapter per unit of a benchmark) checks its options once. Picklable.
+    """
+
+    method: str
+    options: Mapping[str, Any]
+
+
+def check_method_options(name: str, options: Mapping[str, Any]) -> MethodSettings:
+    """Check ``options`` of method ``name`` once, before any model is touched; return them as settings.
+
+    Raises:
+        ValueError: unknown method name, or an option value out of range.
+        TypeError: an option the method does not take (the message lists the valid ones), or a value
+            of the wrong type.
+    """
+    cls = get_adapter_class(name)
+    declared = method_options(name)
+    unknown = [key for key in options if key not in declared]
     if unknown:
-        raise TypeError(f"method {name!r} takes no option(s) {unknown}; valid options: {sorted(valid)}")
-    return cls.from_model(model, **kwargs)
+        raise TypeError(f"{name} has no option {', '.join(map(repr, unknown))}; valid options: {sorted(declared)}")
+    check, _ = builder_parts(cls.from_model)
+    if check is not None:
+        check({key: options.get(key, option.default) for key, option in declared.items()})
+    return MethodSettings(name, dict(options))
+
+
+def build_adapter(model: nn.Module, settings: MethodSettings) -> TTAMethod:
+    """Build the method of ``settings`` on ``model`` (configured in place) without checking its options again."""
+    _, build = builder_parts(get_adapter_class(settings.method).from_model)
+    adapter: TTAMethod = build(model, **settings.options)
+    return adapter
+
+
+def create_adapter(name: str, model: nn.Module, **options: Any) -> TTAMethod:
+    """Build method ``name`` on ``model`` with its standard recipe (``from_model``), its options checked once.
+
+    Raises:
+        ValueError: unknown method name, an option out of range, or a model the method cannot adapt.
+        TypeError: an option the method does not take (the message lists the valid ones) or of the wrong type.
+    """
+    return build_adapter(model, check_method_options(name, options))

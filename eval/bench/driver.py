@@ -13,19 +13,19 @@ resumes from the adapter state saved after the last stored one (:mod:`eval.bench
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-import tta
+from tta.registry import MethodSettings, build_adapter, check_method_options
 from eval.bench.spec import BenchSpec, check_device_available
 from eval.bench.work import BenchWork
 from eval.domains import Domain
 from eval.bench.executors import BatchHook, Executor, FinishedCell, LocalExecutor, UnitFailure, UnitOutcome, WorkUnit
 from eval.bench.executors.interrupts import sigterm_interrupts
-from eval.protocols.registry import get_protocol
 from eval.bench.provenance import run_metadata
 from eval.results.records import CellKey, Record
 from eval.results.tables import Results
@@ -33,7 +33,7 @@ from eval.results.store import ResultsStore
 from eval.bench.stream_checkpoints import checkpoint_paths, discard, remove_stale_temporaries_in, resumable
 from eval.models.suites import Suite, open_suite
 
-__all__ = ["IncompleteBench", "check_methods", "open_bench", "run_bench", "plan_units"]
+__all__ = ["IncompleteBench", "OpenedBench", "check_methods", "open_bench", "resolve_methods", "run_bench", "plan_units"]
 
 
 def plan_units(spec: BenchSpec) -> list[WorkUnit]:
@@ -51,40 +51,76 @@ def _key(spec: BenchSpec, suite: Suite, model: str, method: str, domain: Domain)
     )
 
 
-def check_methods(spec: BenchSpec, suite: Suite) -> None:
-    """Build each method's adapter once on the suite's model with its options, so a bad option fails before any work.
-
-    The adapters are built on deep copies (``tta.wrap`` never touches the model it is given) and the
-    global random state is restored afterwards, so the run's results are those it would have without
-    this check.
+def resolve_methods(spec: BenchSpec, suite: Suite) -> dict[str, MethodSettings]:
+    """Return each method's settings: the suite's defaults for it under the spec's options, checked once.
 
     Raises:
-        ValueError: Naming the method and its options, if the method rejects them (``TypeError`` or
-            ``ValueError`` from :func:`tta.wrap`).
+        ValueError: Naming the method and its options, if the method rejects them.
     """
+    settings = {}
     for method in spec.methods:
         options = dict(spec.options.get(method, {}))
-        with torch.random.fork_rng(devices=[]):
-            try:
-                tta.wrap(suite.model, method, **{**suite.method_defaults(method), **options})
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"method {method!r} rejects its options {options}: {error}") from error
+        try:
+            settings[method] = check_method_options(method, {**suite.method_defaults(method), **options})
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"method {method!r} rejects its options {options}: {error}") from error
+    return settings
 
 
-def open_bench(spec: BenchSpec) -> Suite:
-    """Open the spec's suite and check everything a run needs, before any work: data, model and method options.
+def check_methods(spec: BenchSpec, suite: Suite) -> dict[str, MethodSettings]:
+    """Resolve each method's settings and build its adapter once on the suite's model, before any work.
+
+    The options are checked once (:func:`resolve_methods`); the build then finds what needs the model
+    (a model without normalization layers, a head LAME cannot find, a denoiser file). The adapters are
+    built on deep copies and the global random state is restored afterwards, so the run's results are
+    those it would have without this check.
 
     Returns:
-        The opened suite, to pass to :func:`run_bench`.
+        The settings the units build their adapters from, without checking them again.
+
+    Raises:
+        ValueError: Naming the method and its options, if the method rejects them or the model.
+    """
+    settings = resolve_methods(spec, suite)
+    for method, resolved in settings.items():
+        with torch.random.fork_rng(devices=[]):
+            try:
+                build_adapter(copy.deepcopy(suite.model), resolved)
+            except (TypeError, ValueError) as error:
+                options = dict(spec.options.get(method, {}))
+                raise ValueError(f"method {method!r} rejects its options {options}: {error}") from error
+    return settings
+
+
+@dataclass(frozen=True)
+class OpenedBench:
+    """A spec's suite, opened and checked, and its methods' settings, checked: what :func:`run_bench` runs."""
+
+    suite: Suite
+    settings: Mapping[str, MethodSettings]
+
+
+def open_bench(spec: BenchSpec, *, devices_here: bool = True) -> OpenedBench:
+    """Open the spec's suite and check everything a run needs, before any work: device, data, model, method options.
+
+    Args:
+        spec: What to run.
+        devices_here: Whether the units run on this machine, so its devices are checked (not for a Ray
+            cluster, whose nodes may have devices this one lacks).
+
+    Returns:
+        The opened suite and the methods' checked settings, to pass to :func:`run_bench`.
 
     Raises:
         FileNotFoundError: If a data file, the model or another file an option names is missing.
-        ValueError: If a file is unreadable or a method rejects its options (see :func:`check_methods`).
+        ValueError: If the device is missing here, a file is unreadable or a method rejects its options
+            (see :func:`check_methods`).
     """
+    if devices_here:
+        check_device_available(spec.device)
     suite = open_suite(spec.suite)
     suite.check(spec.domains)
-    check_methods(spec, suite)
-    return suite
+    return OpenedBench(suite, check_methods(spec, suite))
 
 
 class IncompleteBench(RuntimeError):
@@ -113,7 +149,7 @@ def run_bench(
     on_unit: Callable[[UnitOutcome, int], None] | None = None,
     stream_states: Path | None = None,
     on_cell: Callable[[FinishedCell, int], None] | None = None,
-    suite: Suite | None = None,
+    opened: OpenedBench | None = None,
 ) -> Results:
     """Run every unit whose cells are not all stored yet; return the records of the whole spec.
 
@@ -136,7 +172,8 @@ def run_bench(
             some domains resumes there, both when the executor retries it and on a rerun; ``None``
             recomputes an unfinished stream from its start. The CLI uses ``<results>.streams``. Temporary
             files that writers killed mid-save left there are removed first.
-        suite: The suite as :func:`open_bench` opened and checked it; ``None`` opens and checks it here.
+        opened: The suite and settings as :func:`open_bench` opened and checked them (for this executor's
+            placement); ``None`` opens and checks them here.
 
     Raises:
         FileNotFoundError, ValueError: Before any work, as :func:`open_bench` (when ``suite`` is not given), and
@@ -144,9 +181,9 @@ def run_bench(
         IncompleteBench: After every other unit ran, if some unit failed after all retries.
     """
     executor = executor if executor is not None else LocalExecutor()
-    if executor.name != "ray":  # units run on this machine (a Ray cluster's nodes may have other devices)
-        check_device_available(spec.device)
-    suite = suite if suite is not None else open_bench(spec)
+    if opened is None:  # units run on this machine unless on Ray (a Ray cluster's nodes may have other devices)
+        opened = open_bench(spec, devices_here=executor.name != "ray")
+    suite = opened.suite
     model_name = suite.model_name + ("" if spec.runtime == "torch" else f"+{spec.runtime}")
     keys = {(m, d): _key(spec, suite, model_name, m, d) for m in spec.methods for d in spec.domains}
     units = [_with_checkpoints(u, [keys[u.method, d] for d in u.domains], spec, stream_states)
@@ -163,7 +200,7 @@ def run_bench(
 
     def write(cell: FinishedCell) -> None:
         if cell.device not in metadata:
-            metadata[cell.device] = run_metadata(replace(spec, device=cell.device))
+            metadata[cell.device] = run_metadata(spec, cell.device)
         store.put(Record.from_stats(keys[cell.unit.method, cell.domain], cell.stats, metadata[cell.device]))
         if on_cell is not None:
             on_cell(cell, batches[cell.domain])
@@ -175,7 +212,7 @@ def run_bench(
 
     if stream_states is not None:
         remove_stale_temporaries_in(stream_states)
-    work = BenchWork(spec, suite=suite)
+    work = BenchWork(spec, suite=suite, settings=opened.settings)
     with sigterm_interrupts():
         failures = executor.run(work, pending, on_cell=write, on_unit=unit_done, on_batch=on_batch,
                                 resume=lambda unit: _resumed(unit, keys, spec, store))
@@ -188,13 +225,13 @@ def run_bench(
 
 def _resumable_stream(spec: BenchSpec, unit: WorkUnit) -> bool:
     """Whether ``unit`` is a stream whose cells are stored domain by domain and whose adapter lives in torch."""
-    return (len(unit.domains) > 1 and get_protocol(spec.protocol).contiguous and spec.runtime == "torch"
+    return (len(unit.domains) > 1 and spec.stream_protocol.contiguous and spec.runtime == "torch"
             and spec.online_cost is None)
 
 
 def _with_checkpoints(unit: WorkUnit, keys: list[CellKey], spec: BenchSpec, folder: Path | None) -> WorkUnit:
     """Return ``unit`` with the paths of its domain-boundary states, when its stream carries state into them."""
-    if folder is None or not _resumable_stream(spec, unit) or not get_protocol(spec.protocol).carries_state:
+    if folder is None or not _resumable_stream(spec, unit) or not spec.stream_protocol.carries_state:
         return unit
     return replace(unit, checkpoints=checkpoint_paths(folder, keys))
 
@@ -202,6 +239,6 @@ def _with_checkpoints(unit: WorkUnit, keys: list[CellKey], spec: BenchSpec, fold
 def _resumed(unit: WorkUnit, keys: Mapping[tuple[str, Domain], CellKey], spec: BenchSpec,
              store: ResultsStore) -> WorkUnit:
     """Return the pending ``unit``, set to skip the stored domains it can resume after."""
-    if not _resumable_stream(spec, unit) or (get_protocol(spec.protocol).carries_state and not unit.checkpoints):
+    if not _resumable_stream(spec, unit) or (spec.stream_protocol.carries_state and not unit.checkpoints):
         return unit
-    return resumable(unit, lambda i: store.has(keys[unit.method, unit.domains[i]]), get_protocol(spec.protocol))
+    return resumable(unit, lambda i: store.has(keys[unit.method, unit.domains[i]]), spec.stream_protocol)

@@ -36,14 +36,17 @@ def _plain(value: object) -> object:
     return value
 
 
-def run_metadata(spec: BenchSpec) -> dict[str, object]:
-    """Return the provenance of a benchmark run: software versions, device, runtime and the suite's data settings."""
+def run_metadata(spec: BenchSpec, device: str | None = None) -> dict[str, object]:
+    """Return the provenance of a benchmark run: software versions, device, runtime and the suite's data settings.
+
+    ``device``: where the cells ran (a unit resolves ``auto``); ``None`` records the spec's.
+    """
     suite = {f.name: _plain(getattr(spec.suite, f.name)) for f in fields(spec.suite) if f.name != "num_workers"}
     meta: dict[str, object] = {
         "library": library_version(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": spec.device,
+        "device": spec.device if device is None else device,
         "runtime": spec.runtime,
         "suite": suite,
     }

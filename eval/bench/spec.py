@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,9 +15,10 @@ from eval.corruptions import DEFAULT_CORRUPTIONS, list_corruptions
 from eval.domains import Domain
 from eval.bench.edge_runtime import RUNTIMES, Runtime, check_runtime_methods
 from eval.protocols.registry import get_protocol
+from eval.protocols.streams import Protocol
 from eval.models.suites import SuiteSpec
 
-__all__ = ["BenchSpec", "check_device_available", "check_seed", "resolve_device", "SEEDS"]
+__all__ = ["BenchSpec", "check_device_available", "check_seed", "resolve_device", "resolve_protocol", "SEEDS"]
 
 _SEVERITIES = range(1, 6)  # the five ImageNet-C severities
 SEEDS = range(2**63)
@@ -56,7 +58,8 @@ class BenchSpec:
         _check_names("corruption", self.corruptions, known)
         _check_severities(self.severities)
         _check_device_name(self.device)
-        get_protocol(self.protocol)
+        check_seed(self.seed)  # before seeding the protocol with it
+        resolve_protocol(self.protocol, self.seed)
         if self.runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {self.runtime!r}; choose one of {list(RUNTIMES)}")
         if self.runtime == "onnx":
@@ -65,13 +68,17 @@ class BenchSpec:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 (or omitted for every image), got {self.limit}")
-        check_seed(self.seed)
         if self.suite.num_workers < 0:
             raise ValueError(f"data-loading workers must be >= 0, got {self.suite.num_workers}")
         if self.suite.per_class is not None and self.suite.per_class < 1:
             raise ValueError(f"images per class must be >= 1 (or omitted for all), got {self.suite.per_class}")
         if self.online_cost not in (None, "auto") and not float(self.online_cost) >= 1.0:
             raise ValueError(f"online cost must be 'auto' or a number >= 1, got {self.online_cost!r}")
+
+    @property
+    def stream_protocol(self) -> Protocol:
+        """The protocol named by ``protocol``, seeded by ``seed`` (:func:`resolve_protocol`: looked up once)."""
+        return resolve_protocol(self.protocol, self.seed)
 
     @property
     def domains(self) -> list[Domain]:
@@ -83,6 +90,16 @@ class BenchSpec:
     def protocol_label(self) -> str:
         """The protocol as recorded in results (``+online`` variants never mix with offline cells)."""
         return self.protocol if self.online_cost is None else f"{self.protocol}+online:{self.online_cost}"
+
+
+@functools.lru_cache(maxsize=16)
+def resolve_protocol(name: str, seed: int) -> Protocol:
+    """Return the protocol ``name`` seeded by ``seed``, looked up once per process and shared (protocols keep no state).
+
+    Raises:
+        ValueError: If ``name`` is unknown; the message lists the valid names.
+    """
+    return get_protocol(name, seed=seed)
 
 
 def _check_names(kind: str, names: Sequence[str], known: Sequence[str] | None) -> None:

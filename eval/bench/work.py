@@ -6,23 +6,23 @@ finished cells; only the driver (:func:`eval.bench.driver.run_bench`) writes the
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-import tta
+from tta.registry import MethodSettings, build_adapter, check_method_options
 from eval.bench.spec import BenchSpec, resolve_device
 from eval.domains import Domain
 from eval.bench.edge_runtime import export_for_runtime
 from eval.bench.executors import BatchHook, CellSink, FinishedCell, UnitOutcome, WorkUnit
-from eval.bench.executors.faults import maybe_fail, maybe_fail_on_entry
+from eval.bench.hooks import install_hooks, run_hooks
 from eval.bench.online import OnlineAdapter, relative_cost
 from eval.protocols.streams import Loaders
-from eval.protocols.registry import get_protocol
 from eval.bench.meters import CellStats
 from eval.bench.runner import run_benchmark
 from eval.bench.stream_checkpoints import resume_point
@@ -48,14 +48,30 @@ class BenchWork:
     Args:
         spec: The benchmark spec.
         suite: An already opened suite of ``spec.suite`` to reuse in this process.
+        settings: Each method's settings as :func:`eval.bench.driver.check_methods` resolved and checked them
+            (adapters are built from them without checking again); ``None`` resolves them for each unit.
+        hooks: Installers of the hooks run in each unit (:func:`eval.bench.hooks.install_hooks`), installed
+            here and in every process that runs a unit; default: ``$TTA_BENCH_HOOKS``.
+
+    Raises:
+        ValueError: If an installer named in ``hooks`` cannot be found.
     """
 
-    def __init__(self, spec: BenchSpec, *, suite: Suite | None = None) -> None:
-        self.spec = replace(spec, suite=_absolute_paths(spec.suite))
+    def __init__(self, spec: BenchSpec, *, suite: Suite | None = None, hooks: str | None = None,
+                 settings: Mapping[str, MethodSettings] | None = None) -> None:
+        self.spec = _with_suite(spec, _absolute_paths(spec.suite))
         self._suite = suite
+        self.hooks = install_hooks(hooks)
+        self.settings = settings
 
     def __getstate__(self) -> dict[str, object]:
-        return {"spec": self.spec, "_suite": None}
+        return {"spec": self.spec, "_suite": None, "hooks": self.hooks, "settings": self.settings}
+
+    def method_settings(self, method: str, suite: Suite) -> MethodSettings:
+        """Return ``method``'s settings: the ones given, else the suite's defaults under the spec's options, checked."""
+        if self.settings is not None:
+            return self.settings[method]
+        return check_method_options(method, {**suite.method_defaults(method), **self.spec.options.get(method, {})})
 
     def suite(self) -> Suite:
         """Return the opened suite: the one given, else this process's cached one, else a new one."""
@@ -77,13 +93,13 @@ class BenchWork:
         after each of its domains as the domain's cell is handed on.
         """
         spec = self.spec
-        maybe_fail(unit.method, unit.domains)  # test-only fault injection; a no-op otherwise
+        install_hooks(self.hooks)  # once per process: a worker's first unit installs them there
+        run_hooks("unit_start", unit)
         device = resolve_device(spec.device)
         suite = self.suite()
         suite.model.to(device)
-        options = {**suite.method_defaults(unit.method), **spec.options.get(unit.method, {})}
-        adapter = tta.wrap(suite.model, unit.method, **options).to(device)
-        protocol = get_protocol(spec.protocol, seed=spec.seed)
+        adapter = build_adapter(copy.deepcopy(suite.model), self.method_settings(unit.method, suite)).to(device)
+        protocol = spec.stream_protocol
         unit = _resume(adapter, unit, protocol)
         loaders = {
             d: suite.loader(d, batch_size=spec.batch_size, seed=spec.seed, limit=spec.limit, device=device)
@@ -102,8 +118,7 @@ class BenchWork:
             on_cell(FinishedCell(unit, domain, stats, device))  # type: ignore[misc]
             if 0 < index <= len(unit.checkpoints):  # the state before this domain is no longer needed
                 Path(unit.checkpoints[index - 1]).unlink(missing_ok=True)
-            if index + 1 < len(unit.domains):
-                maybe_fail_on_entry(unit.method, unit.domains[index + 1])  # test-only; a no-op otherwise
+            run_hooks("cell_done", unit, domain)
 
         cells = run_benchmark(runner, stream, device=device, on_cell=hand_on if streamed else None,
                               on_batch=on_batch)
@@ -148,6 +163,13 @@ def _without_first_reset(stream: Iterator[StreamItem]) -> Iterator[StreamItem]:
     """Yield ``stream`` with its first item's reset cleared: a resumed stream goes on from the loaded state."""
     for index, item in enumerate(stream):
         yield replace(item, reset=False) if index == 0 else item
+
+
+def _with_suite(spec: BenchSpec, suite: SuiteSpec) -> BenchSpec:
+    """Return a copy of the checked ``spec`` with ``suite``: only paths change, so its checks do not run again."""
+    moved = copy.copy(spec)
+    object.__setattr__(moved, "suite", suite)  # a frozen dataclass: replace() would check the whole spec again
+    return moved
 
 
 def _absolute_paths(suite: SuiteSpec) -> SuiteSpec:

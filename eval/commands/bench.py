@@ -7,20 +7,23 @@ import sys
 from pathlib import Path
 
 from tta.files import write_text_atomically
-from eval.bench.spec import BenchSpec, check_device_available
-from eval.bench.driver import IncompleteBench, open_bench, run_bench
+from tta.registry import list_methods
+from tta.source_data import uses_source_data
+from eval.bench.spec import BenchSpec
+from eval.bench.driver import IncompleteBench, OpenedBench, open_bench, run_bench
 from eval.bench.stream_checkpoints import states_folder
 from eval.commands.errors import CLIError
 from eval.commands.options import parse_options, split_csv
 from eval.commands.paths import check_output_file
 from eval.commands.progress import BenchProgress, progress_bar
 from eval.corruptions import DEFAULT_CORRUPTIONS, list_corruptions
+from eval.datasets.source_split import check_source_data
 from eval.bench.executors import EXECUTORS, Executor, create_executor
 from eval.models.source import DEFAULT_CHECKPOINT
 from eval.protocols.registry import list_protocols
 from eval.results.tables import Results
 from eval.results.store import ResultsStore
-from eval.models.suites import DATASETS, Suite, SuiteSpec
+from eval.models.suites import DATASETS, SuiteSpec
 
 NAME = "bench"
 HELP = "score methods on a corruption benchmark (default: Fashion-MNIST-C)"
@@ -59,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="imagenet-c: first N images of each class (5 = the 5,000-image evaluation size)")
     p.add_argument("--subset-file", type=Path, default=None,
                    help="imagenet-c: text file of <wnid>/<image> lines to use (e.g. RobustBench's 5,000 ids)")
+    p.add_argument("--source-data", type=Path, default=None, metavar="PATH",
+                   help="methods that use source data: the training split to read instead of the suite's default "
+                        "(fmnist-c: the IDX folder; cifar10-c/cifar100-c: the python release folder; imagenet-c, "
+                        "which has no default: the training folder of <wnid>/<image> class folders)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (on-disk datasets)")
     p.add_argument("--online-cost", default=None,
                    help="online protocol: 'auto' or C >= 1; a method C times slower than inference adapts on "
@@ -117,6 +124,7 @@ def build_spec(args: argparse.Namespace) -> BenchSpec:
         dataset=args.dataset, data_root=args.data_root, checkpoint=args.checkpoint, arch=args.model,
         weights=args.weights, mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"),
         preprocess=args.preprocess, per_class=args.per_class, subset_file=args.subset_file, num_workers=args.workers,
+        source_data=args.source_data,
     )
     online = args.online_cost
     if online not in (None, "auto"):
@@ -132,11 +140,12 @@ def build_spec(args: argparse.Namespace) -> BenchSpec:
 def build_executor(args: argparse.Namespace) -> Executor:
     """Return the executor the flags ask for.
 
+    The flags were checked by :func:`check_args`.
+
     Raises:
-        CLIError: If a flag does not apply to the chosen executor, a value is out of range, or Ray is missing.
+        CLIError: If a value is out of range, or Ray is missing.
     """
     retries = {} if args.max_retries is None else {"max_retries": args.max_retries}
-    _check_executor_flags(args)
     try:
         if args.executor == "processes":
             threads = None if args.cpus_per_cell is None else max(1, round(args.cpus_per_cell))
@@ -167,6 +176,16 @@ def _check_executor_flags(args: argparse.Namespace) -> None:
                        "(Ray hides the GPUs from tasks that reserve none)")
 
 
+def _check_source_data(spec: BenchSpec) -> None:
+    """Raise if a method needs source data that is missing, or ``--source-data`` is given and no method uses it."""
+    if any(uses_source_data(method) for method in spec.methods):
+        check_source_data(spec.suite)
+    elif spec.suite.source_data is not None:
+        known = [method for method in list_methods() if uses_source_data(method)]
+        users = f"methods that use source data ({', '.join(known)})" if known else "methods that use source data"
+        raise CLIError(f"--source-data only applies to {users}, and none of --methods {','.join(spec.methods)} does")
+
+
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
     return None if text is None else _float_tuple(text, flag)
 
@@ -185,7 +204,7 @@ def write_results(results: Results, path: Path) -> None:
     write_text_atomically(path, text)
 
 
-def check_args(args: argparse.Namespace) -> tuple[BenchSpec, Suite]:
+def check_args(args: argparse.Namespace) -> tuple[BenchSpec, OpenedBench]:
     """Check every flag, output path, file and method option before any work; return the spec and its opened suite.
 
     Raises:
@@ -196,12 +215,12 @@ def check_args(args: argparse.Namespace) -> tuple[BenchSpec, Suite]:
     except ImportError as error:  # --runtime onnx without the onnx extra
         raise CLIError(str(error)) from None
     _check_executor_flags(args)
+    _check_source_data(spec)
     check_output_file(args.results, "--results")
     if args.out is not None:
         check_output_file(args.out, "--out", suffixes=OUT_FORMATS)
-    if args.executor != "ray":  # Ray units run on the cluster's nodes, which may have devices this one lacks
-        check_device_available(spec.device)
-    return spec, open_bench(spec)
+    # Ray units run on the cluster's nodes, which may have devices this one lacks
+    return spec, open_bench(spec, devices_here=args.executor != "ray")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -218,13 +237,13 @@ def run(args: argparse.Namespace) -> int:
         executor.close()
 
 
-def _run_with(args: argparse.Namespace, spec: BenchSpec, suite: Suite, executor: Executor) -> int:
+def _run_with(args: argparse.Namespace, spec: BenchSpec, suite: OpenedBench, executor: Executor) -> int:
     """Run the benchmark with ``executor``, store and print it (see :func:`run` for the exit statuses)."""
     status = 0
     with ResultsStore(args.results) as store:  # opened (and checked) before the bar draws its first line
         progress = BenchProgress(progress_bar("bench", "batch"))
         try:
-            results = run_bench(spec, store, executor=executor, suite=suite,
+            results = run_bench(spec, store, executor=executor, opened=suite,
                                 on_start=lambda total, stored: progress.start(total, stored, where=str(args.results)),
                                 on_batch=progress.batch, on_unit=progress.unit, on_cell=progress.cell,
                                 stream_states=states_folder(args.results) if args.stream_states else None)

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     """Print what can be run."""
     print("methods:")
     for name in tta.list_methods():
-        opts = ", ".join(f"{k}={v!r}" for k, v in tta.adapter_options(name).items())
+        opts = ", ".join(f"{k}={option.default!r}" for k, option in tta.method_options(name).items())
         print(f"  {name:8s} {opts}")
     print("corruptions (implemented):", ", ".join(list_corruptions("available")))
     print("protocols:", ", ".join(list_protocols()))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import types
+import typing
 from collections.abc import Sequence
 from typing import Any
 
 from eval.commands.errors import CLIError
-from tta.registry import adapter_parameters
+from tta.registry import method_options
 
-__all__ = ["parse_options", "split_csv"]
+__all__ = ["parse_options", "parse_value", "split_csv"]
 
 
 def split_csv(text: str) -> list[str]:
@@ -17,26 +19,48 @@ def split_csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-_TEXT_ANNOTATIONS = ("str", "str | None")  # options kept as typed: lame.head=8 names submodule "8"
+def _members(kind: object) -> tuple[object, ...]:
+    """The types a value of ``kind`` may have: the members of a union, else ``kind`` itself."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return typing.get_args(kind)
+    return (kind,)
 
 
-def _parse_value(text: str, annotation: object) -> Any:
-    """Read ``text`` as JSON (``1e-3``, ``true``, ``null``), else as a string; text options stay text."""
-    if annotation in _TEXT_ANNOTATIONS or annotation is str:
-        return None if text == "null" and "None" in str(annotation) else text
+def _json(text: str) -> tuple[bool, Any]:
     try:
-        return json.loads(text)
+        return True, json.loads(text)
     except json.JSONDecodeError:
-        return text
+        return False, None
 
+
+def parse_value(text: str, kind: object) -> Any:
+    """Read ``text`` as a value of the option type ``kind`` (its evaluated annotation).
+
+    ``null`` is ``None`` where ``kind`` admits it. A ``str`` option keeps its text (``lame.head=8`` names
+    submodule ``"8"``). Otherwise the text is read as JSON (``1e-3``, ``true``, ``[0.9, 0.999]``, ``"rbf"``),
+    a JSON list becoming a tuple for a tuple option, and kept as text when it is not JSON (``adam``):
+    the method's own check then names the option and what it takes.
+    """
+    members = _members(kind)
+    if text == "null" and type(None) in members:
+        return None
+    if str in members:
+        return text
+    parsed, value = _json(text)
+    if not parsed:
+        return text
+    if isinstance(value, list) and any(m is tuple or typing.get_origin(m) is tuple for m in members):
+        return tuple(value)
+    return value
 
 
 def parse_options(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Turn ``method.key=value`` (or ``key=value`` with a single method) into per-method keyword arguments.
 
-    Values are read as JSON where possible (``1e-3``, ``true``, ``null``), else kept as strings;
-    options annotated as strings keep their text (``lame.head=8``). Keys are checked against each
-    method's builder signature.
+    Each value is read by the type its method declares for the option (:func:`parse_value`). The
+    names and values are checked once, where the run's options are resolved
+    (:func:`tta.registry.check_method_options`); a key the method does not declare is kept as JSON or
+    text until then.
     """
     options: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for item in items:
@@ -50,8 +74,6 @@ def parse_options(items: Sequence[str], methods: Sequence[str]) -> dict[str, dic
             method, key = methods[0], name
         if method not in options:
             raise CLIError(f"--option {item!r}: method {method!r} is not among --methods {list(methods)}")
-        valid = adapter_parameters(method)
-        if key not in valid:
-            raise CLIError(f"--option {item!r}: {method} has no option {key!r}; valid: {sorted(valid)}")
-        options[method][key] = _parse_value(value, valid[key].annotation)  # a string under postponed annotations
+        declared = method_options(method).get(key)
+        options[method][key] = parse_value(value, Any if declared is None else declared.type)
     return options

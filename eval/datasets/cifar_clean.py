@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 from eval.datasets.labels import labels_problem
 
-__all__ = ["CIFAR_TEST_FILES", "CIFAR_CLASSES", "find_clean_cifar", "load_cifar_pickle", "CifarCleanTest"]
+__all__ = ["CIFAR_TEST_FILES", "CIFAR_TRAIN_FILES", "CIFAR_CLASSES", "find_clean_cifar", "find_cifar_train",
+           "load_cifar_pickle", "CifarCleanTest"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ logger = logging.getLogger(__name__)
 CIFAR_TEST_FILES: dict[str, tuple[str, str, str]] = {
     "cifar10-c": ("cifar-10-batches-py", "test_batch", "labels"),
     "cifar100-c": ("cifar-100-python", "test", "fine_labels"),
+}
+#: dataset -> the training files of the same release (in the folder of ``CIFAR_TEST_FILES``), read in this order.
+CIFAR_TRAIN_FILES: dict[str, tuple[str, ...]] = {
+    "cifar10-c": tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "cifar100-c": ("train",),
 }
 #: Classes of each dataset: every label must be below it.
 CIFAR_CLASSES: dict[str, int] = {"cifar10-c": 10, "cifar100-c": 100}
@@ -48,20 +54,53 @@ def find_clean_cifar(root: str | os.PathLike[str], dataset: str) -> Path:
         raise ValueError(f"no clean CIFAR split for {dataset!r}; choose one of {list(CIFAR_TEST_FILES)}")
     folder, name, _ = CIFAR_TEST_FILES[dataset]
     root = Path(root)
+    found = _release_folder(root, dataset, (name,), f"clean {dataset} test split", "--data-root")
+    if found is not None:
+        return found / name
     inside, beside = root / folder / name, root.parent / folder / name
-    if inside.is_file():
-        return inside
-    if beside.is_file():
-        if beside not in _announced:
-            _announced.add(beside)
-            logger.warning("using the clean %s test split %s from the parent folder of --data-root %s "
-                           "(outside --data-root, RobustBench's data/ layout)", dataset, beside, root)
-        return beside
     raise FileNotFoundError(
         f"the clean domain of {dataset} needs the CIFAR python test split; looked for {inside} (inside --data-root) "
         f"and {beside} (its parent folder, RobustBench's data/ layout). Put the extracted official archive's "
         f"{folder}/ folder inside or next to the CIFAR-C folder"
     )
+
+
+def find_cifar_train(root: str | os.PathLike[str], dataset: str, *, flag: str = "--data-root") -> list[Path]:
+    """Return the training files of ``dataset`` (:data:`CIFAR_TRAIN_FILES`), looked for as :func:`find_clean_cifar` does.
+
+    ``flag`` names where ``root`` came from, in the warning about a folder found beside it.
+
+    Raises:
+        FileNotFoundError: naming the places looked at and the files missing there.
+    """
+    if dataset not in CIFAR_TRAIN_FILES:
+        raise ValueError(f"no CIFAR training split for {dataset!r}; choose one of {list(CIFAR_TRAIN_FILES)}")
+    folder, names, root = CIFAR_TEST_FILES[dataset][0], CIFAR_TRAIN_FILES[dataset], Path(root)
+    found = _release_folder(root, dataset, names, f"{dataset} training split", flag)
+    if found is not None:
+        return [found / name for name in names]
+    missing = [name for name in names if not (root / folder / name).is_file()]
+    raise FileNotFoundError(
+        f"the {dataset} training split (the official CIFAR python release) is not in {root / folder} (missing "
+        f"{', '.join(missing)}) nor in {root.parent / folder} (RobustBench's data/ layout); put the extracted "
+        f"archive's {folder}/ folder there"
+    )
+
+
+def _release_folder(root: Path, dataset: str, names: tuple[str, ...], what: str, flag: str) -> Path | None:
+    """Return the release folder holding every file of ``names``, inside ``root`` or beside it (with a warning)."""
+    folder = CIFAR_TEST_FILES[dataset][0]
+    inside, beside = root / folder, root.parent / folder
+    if all((inside / name).is_file() for name in names):
+        return inside
+    if not all((beside / name).is_file() for name in names):
+        return None
+    if beside / names[0] not in _announced:
+        _announced.add(beside / names[0])
+        shown = beside / names[0] if len(names) == 1 else beside
+        logger.warning("using the %s %s from the parent folder of %s %s (outside %s, RobustBench's data/ layout)",
+                       what, shown, flag, root, flag)
+    return beside
 
 
 class _RefusedGlobal(pickle.UnpicklingError):

@@ -25,8 +25,11 @@ from eval.datasets.cifar_clean import CifarCleanTest, find_clean_cifar
 from eval.datasets.folder import ImageFolderDomain, Preprocess, check_folder_root
 from eval.datasets.indexed import IndexedLoader, dataset_labels
 from eval.datasets.npy import NpyCorruptionDomain, check_npy_root
+from eval.datasets.source_split import source_training_data
 from eval.domains import Domain
 from eval.models.source import DEFAULT_CHECKPOINT, load_source_model
+from tta.base import Need
+from tta.registry import get_adapter_class
 
 __all__ = ["DATASETS", "SuiteSpec", "Suite", "open_suite", "model_id"]
 
@@ -54,6 +57,9 @@ class SuiteSpec:
     per_class: int | None = None
     subset_file: Path | None = None
     num_workers: int = 0
+    source_data: Path | None = None
+    """Where the source (training) split is, for methods that need source data; ``None``: the suite's default
+    (:mod:`eval.datasets.source_split`)."""
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -77,16 +83,15 @@ class Suite:
         self._fmnist: tuple[Tensor, Tensor] | None = None
 
     def method_defaults(self, method: str) -> dict[str, object]:
-        """Options a method needs from this suite unless the user gives them (DDA's source diffusion model).
+        """Options a method needs from this suite unless the user gives them: one per declared need it has.
 
-        The embedded default ships its own diffusion model (``eval/assets/fmnist_ddpm.pt``); other suites
-        need ``--option dda.denoiser=<checkpoint>``, and DDA says so when it is missing.
+        Each of the method's ``needs`` is supplied as the option of the same name where this suite has it
+        (:data:`_PROVIDERS`): ``denoiser`` only by the embedded default, which ships its own diffusion model
+        (``eval/assets/fmnist_ddpm.pt``; other suites need ``--option dda.denoiser=<checkpoint>``, and DDA
+        says so when it is missing); ``source_data`` by the suite's training split.
         """
-        if method == "dda" and self.spec.dataset == "fmnist-c":
-            from eval.training.diffusion import DEFAULT_DIFFUSION_CHECKPOINT
-
-            return {"denoiser": str(DEFAULT_DIFFUSION_CHECKPOINT)}
-        return {}
+        supplied = {need: _PROVIDERS[need](self) for need in sorted(get_adapter_class(method).needs)}
+        return {need: value for need, value in supplied.items() if value is not None}
 
     def check(self, domains: Sequence[Domain]) -> None:
         """Raise listing every missing or truncated file/folder of the requested domains, before any work."""
@@ -145,6 +150,27 @@ class Suite:
         else:
             n = len(self._dataset(domain, limit))  # type: ignore[arg-type]
         return n if limit is None else min(n, limit)
+
+
+def _shipped_denoiser(suite: Suite) -> str | None:
+    """The embedded default's diffusion model; other suites ship none."""
+    if suite.spec.dataset != "fmnist-c":
+        return None
+    # the diffusion code is loaded only when a method needs it
+    from eval.training.diffusion import DEFAULT_DIFFUSION_CHECKPOINT
+
+    return str(DEFAULT_DIFFUSION_CHECKPOINT)
+
+
+def _source_training_data(suite: Suite) -> object:
+    """The suite's source training split (:mod:`eval.datasets.source_split`), for methods that need source data."""
+    return source_training_data(suite.spec)
+
+
+_PROVIDERS: dict[Need, Callable[[Suite], object | None]] = {
+    "denoiser": _shipped_denoiser, "source_data": _source_training_data,
+}
+"""What a suite supplies for each need a method declares (``None``: this suite has nothing to give)."""
 
 
 def _suite_name(spec: SuiteSpec) -> str:

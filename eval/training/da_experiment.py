@@ -42,6 +42,7 @@ from eval.training.source_model import evaluate_accuracy
 from tta.da import DANN, EpochRecord, FitConfig, FitProgress, fit_dann
 from tta.da.fit import trainable_parameters
 from tta.da.grl import anneal_lr
+from tta.files import read_torch_file
 
 __all__ = [
     "ARMS",
@@ -222,7 +223,10 @@ def run_arm(
         progress: Called after every step.
         tag: Identifies the target data in ``fit_checkpoint`` (see :func:`tta.da.fit_dann`).
     """
-    record = torch.load(source_checkpoint, map_location="cpu", weights_only=True)
+    record = read_torch_file(source_checkpoint, what="source-model checkpoint")
+    if not isinstance(record, dict):
+        raise ValueError(f"source-model checkpoint {source_checkpoint} holds a {type(record).__name__}, not the "
+                         f"record that eval.models.source.save_checkpoint writes")
     model = load_source_model(source_checkpoint)
     train_images, train_labels = load_fashion_mnist("train", data_root)
     source = ShuffledBatches(train_images, train_labels, batch_size, seed=config.seed)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from eval.datasets.fashion_mnist import load_fashion_mnist
-from tta.files import atomic_torch_save
+from tta.files import atomic_torch_save, read_torch_file
 from tta.projection.adm_config import ADMConfig
 from tta.projection.adm import ADMUNet
 from tta.projection.schedule import NoiseSchedule
@@ -102,7 +102,9 @@ def _save_state(path: Path, state: dict[str, Any], train_config: dict[str, Any])
 
 
 def _load_state(path: Path, state: dict[str, Any], train_config: dict[str, Any], device: torch.device) -> None:
-    saved = torch.load(path, map_location=device, weights_only=True)
+    saved = read_torch_file(path, map_location=device, what="diffusion training state")
+    if not isinstance(saved, dict) or not isinstance(saved.get("train_config"), dict):
+        raise ValueError(f"{path} is not a diffusion training state; remove it or rerun without --resume")
     differing = {k: (saved["train_config"].get(k), v) for k, v in train_config.items()
                  if k not in ("steps", "device", "data_root") and saved["train_config"].get(k) != v}  # fmt: skip
     if differing:

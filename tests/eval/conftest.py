@@ -9,9 +9,10 @@ import torch
 
 from eval.datasets.fashion_mnist import write_idx
 from eval.bench.executors import LocalExecutor
-from eval.bench.executors.faults import FAULT_DIR_ENV
 from eval.models.source import fmnist_resnet, save_checkpoint
 from eval.results.store import ResultsStore
+from eval.bench.hooks import HOOKS_ENV
+from tests.eval.faults import FAULT_DIR_ENV, INSTALLER
 from tests.eval.grid import Rows, run_grid, stored_rows
 
 
@@ -41,9 +42,10 @@ def checkpoint(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The test-only fault folder (eval.bench.executors.faults); worker processes started later inherit it."""
+    """The fault folder of tests/eval/faults.py, its hooks installed: processes started later inherit both."""
     folder = tmp_path / "faults"
     monkeypatch.setenv(FAULT_DIR_ENV, str(folder))
+    monkeypatch.setenv(HOOKS_ENV, INSTALLER)
     return folder
 
 

@@ -115,3 +115,17 @@ def test_option_values_are_json_except_for_text_options() -> None:
                            ["tent", "lame"])
     assert parsed == {"tent": {"lr": 1e-3, "episodic": True}, "lame": {"head": "8", "knn": 3}}
     assert parse_options(["lame.head=null"], ["lame"]) == {"lame": {"head": None}}
+
+
+def test_option_values_are_parsed_by_the_declared_type() -> None:
+    from typing import Literal
+
+    from eval.commands.options import parse_options, parse_value
+
+    assert parse_value("8", str | None) == "8" and parse_value("null", str | None) is None
+    assert parse_value("null", str) == "null"  # a str option that does not admit None keeps the text
+    assert parse_value("rbf", Literal["knn", "rbf"]) == "rbf" and parse_value('"rbf"', Literal["knn", "rbf"]) == "rbf"
+    assert parse_value("[0.9, 0.999]", tuple[float, float]) == (0.9, 0.999)
+    assert parse_value("1e-3", float | None) == 1e-3 and parse_value("true", bool) is True
+    parsed = parse_options(["tent.optimizer=sgd", "lame.affinity=\"rbf\"", "cotta.lr=null"], ["tent", "lame", "cotta"])
+    assert parsed == {"tent": {"optimizer": "sgd"}, "lame": {"affinity": "rbf"}, "cotta": {"lr": None}}

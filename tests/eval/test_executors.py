@@ -22,11 +22,11 @@ from eval.cli import main
 from eval.commands.progress import BenchProgress
 from eval.domains import Domain
 from eval.bench.executors import FinishedCell, LocalExecutor, UnitOutcome, WorkUnit, create_executor
-from eval.bench.executors.faults import InjectedFault, arm_fault
 from eval.protocols.streams import StreamItem
 from eval.results.store import ResultsStore
 from eval.bench.meters import CellStats
 from eval.models.suites import SuiteSpec
+from tests.eval.faults import InjectedFault, arm_fault, maybe_fail
 
 NOISE, CONTRAST = Domain("gaussian_noise", 5), Domain("contrast", 5)
 REPO = Path(__file__).resolve().parents[2]
@@ -168,8 +168,6 @@ def test_library_never_imports_ray_for_local_runs() -> None:
 
 
 def test_injected_fault_fires_once_per_marker(tmp_path, faults) -> None:  # type: ignore[no-untyped-def]
-    from eval.bench.executors.faults import maybe_fail
-
     arm_fault(faults, "tent", NOISE, "raise", times=2)
     maybe_fail("tent", (CONTRAST,))  # other cells are untouched
     for _ in range(2):

@@ -15,10 +15,10 @@ import pytest
 from eval.bench.driver import IncompleteBench, run_bench
 from eval.cli import main
 from eval.bench.executors import WorkUnit, create_executor
-from eval.bench.executors.faults import arm_fault
 from eval.bench.executors.processes import ProcessExecutor
 from eval.results.store import ResultsStore
 from eval.bench.stream_checkpoints import states_folder
+from tests.eval.faults import arm_fault
 from tests.eval.grid import (
     CONTRAST,
     FOG,

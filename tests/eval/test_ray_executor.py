@@ -14,9 +14,10 @@ import pytest
 
 from eval.bench.driver import IncompleteBench, run_bench
 from eval.bench.executors import WorkUnit
-from eval.bench.executors.faults import FAULT_DIR_ENV, arm_fault
 from eval.bench.executors.ray_executor import RayExecutor
+from eval.bench.hooks import HOOKS_ENV
 from eval.results.store import ResultsStore
+from tests.eval.faults import FAULT_DIR_ENV, INSTALLER, arm_fault
 from tests.eval.grid import (
     CONTRAST,
     FOG,
@@ -38,15 +39,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def fault_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A local Ray instance (2 CPUs, no dashboard) whose workers see the test-only fault folder."""
+    """A local Ray instance (2 CPUs, no dashboard) whose workers see the fault folder and install its hooks."""
     folder = tmp_path_factory.mktemp("faults")
     os.environ[FAULT_DIR_ENV] = str(folder)  # set before ray.init: the workers inherit it
+    os.environ[HOOKS_ENV] = INSTALLER  # read by the driver's work, which carries it to the workers
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield folder
     finally:
         ray.shutdown()
-        del os.environ[FAULT_DIR_ENV]
+        del os.environ[FAULT_DIR_ENV], os.environ[HOOKS_ENV]
 
 
 @pytest.mark.timeout(300)

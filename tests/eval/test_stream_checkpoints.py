@@ -16,12 +16,12 @@ from eval.bench.driver import run_bench
 from eval.cli import main
 from eval.domains import Domain
 from eval.bench.executors import LocalExecutor, UnitFailure, UnitOutcome, UnitWork, WorkUnit
-from eval.bench.executors.faults import arm_fault
 from eval.protocols.registry import get_protocol
 from eval.results.store import ResultsStore
 from eval.bench.stream_checkpoints import checkpoint_paths, resumable, states_folder
 from eval.protocols.streams import StreamItem
 from eval.models.suites import SuiteSpec
+from tests.eval.faults import arm_fault
 from tests.eval.grid import Rows, stored_rows
 
 CORRUPTIONS = ("gaussian_noise", "contrast", "fog")

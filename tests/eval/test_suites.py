@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import Tensor, nn
 
 from eval.cli import main
+from eval.models.suites import Suite, SuiteSpec
 from eval.results.store import ResultsStore
-from tests.helpers import tiny_rgb_classifier
+from eval.training.diffusion import DEFAULT_DIFFUSION_CHECKPOINT
+from tests.helpers import registered, tiny_rgb_classifier
+from tta.base import Changes, Exports, Need, TTAMethod
 
 FACTORY = "tests.helpers:tiny_rgb_classifier"
 
@@ -158,3 +163,44 @@ def test_missing_corruption_files_and_clean_split_are_listed_together(cifar_root
     assert main(args) == 2
     err = capsys.readouterr().err
     assert str(cifar_root / "fog.npy") in err and str(cifar_root / "cifar-10-batches-py" / "test_batch") in err
+
+
+class _Needing(TTAMethod):
+    """A test-only method taking every need as an option; subclasses declare which they need."""
+
+    changes: ClassVar[Changes] = "nothing"
+    exports: ClassVar[Exports] = "none"
+
+    def adapt_step(self, x: Tensor) -> Tensor:
+        logits: Tensor = self.model(x)
+        return logits
+
+    @classmethod
+    def from_model(cls, model: nn.Module, *, denoiser: object = None, source_data: object = None) -> _Needing:
+        return cls(model)
+
+
+def _needing(need: Need) -> type[TTAMethod]:
+    return type(f"Needs_{need}", (_Needing,), {"needs": frozenset({need})})
+
+
+def _suite(spec: SuiteSpec) -> Suite:
+    return Suite(spec, "test", nn.Identity(), "identity")
+
+
+def test_the_embedded_default_supplies_its_denoiser_to_any_method_that_needs_one(cifar_root: Path,
+                                                                                 weights: Path) -> None:
+    cifar = SuiteSpec(dataset="cifar10-c", data_root=cifar_root, arch=FACTORY, weights=weights)
+    with registered("test_needs_denoiser", _needing("denoiser")) as name:
+        assert _suite(SuiteSpec()).method_defaults(name) == {"denoiser": str(DEFAULT_DIFFUSION_CHECKPOINT)}
+        assert _suite(cifar).method_defaults(name) == {}  # the method then asks for --option <method>.denoiser
+    assert _suite(SuiteSpec()).method_defaults("dda") == {"denoiser": str(DEFAULT_DIFFUSION_CHECKPOINT)}
+    assert _suite(SuiteSpec()).method_defaults("tent") == {} and _suite(cifar).method_defaults("dda") == {}
+
+
+def test_a_suite_supplies_its_training_split_to_methods_that_need_source_data(fmnist_dir: Path) -> None:
+    with registered("test_needs_source", _needing("source_data")) as name:
+        defaults = _suite(SuiteSpec(data_root=fmnist_dir)).method_defaults(name)
+    assert list(defaults) == ["source_data"]
+    batches = list(defaults["source_data"])  # type: ignore[call-overload]
+    assert sum(len(x) for x, _ in batches) == 64 and all(0 <= x.min() and x.max() <= 1 for x, _ in batches)

@@ -2,37 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 import torch
 
 import tta
-from tests.helpers import clone_state, state_equal, tiny_classifier
-from tests.tta.projection.tiny_denoiser import TinyDenoiser
+from tests.helpers import build_method, clone_state, state_equal, tiny_classifier
+from tta.base import CHANGES, EXPORTS, NEEDS, TTAMethod
+from tta.registry import get_adapter_class
 
 METHODS = tta.list_methods()
-# Which parameters each method may change: none (False), the norm layers' affine ones ("norm"), or all.
-CHANGES_PARAMS: dict[str, bool | str] = {
-    "source": False, "norm": False, "tent": "norm", "cotta": "all", "lame": False, "dda": False,
-}
-# Methods whose state (parameters, buffers, optimizer) never changes while predicting.
-STATELESS = {"source", "lame"}
-# Options a method needs on the tiny model (LAME: its head has no conventional name) or to stay fast.
-OPTIONS: dict[str, dict[str, object]] = {
-    "lame": {"head": "8"}, "cotta": {"num_augmentations": 2},
-    "dda": {"denoiser": TinyDenoiser(), "respacing": 10, "start_step": 2},  # DDA's state: its noise counter
-}
 
 
 def _wrap(model: torch.nn.Module, method: str, **kwargs: object) -> tta.TTAMethod:
-    return tta.wrap(model, method, **OPTIONS.get(method, {}), **kwargs)
+    return build_method(method, model, **kwargs)
 
 
 def _batch(n: int = 8, seed: int = 1) -> torch.Tensor:
     return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 1.5
 
 
-def test_every_method_is_described_here() -> None:
-    assert set(METHODS) <= set(CHANGES_PARAMS), "add new methods to this contract's table"
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_declares_valid_values(method: str) -> None:
+    cls = get_adapter_class(method)
+    for attribute in ("changes", "exports"):  # stated by the method, not left to TTAMethod's cautious values
+        assert any(attribute in vars(c) for c in cls.__mro__ if c is not TTAMethod), f"{method} must set {attribute}"
+    assert cls.changes in CHANGES and cls.exports in EXPORTS
+    assert isinstance(cls.needs, frozenset) and cls.needs <= set(NEEDS) and cls.needs <= set(tta.method_options(method))
+    assert set(cls.quick_options) <= set(tta.method_options(method)) - cls.needs
+    assert not (cls.uses_grad and cls.exports == "adaptive"), "a gradient step has no inference graph"
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -58,7 +57,8 @@ def test_reset_restores_state_and_logits_exactly(method: str) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_episodic_gives_identical_outputs_twice(method: str) -> None:
-    adapter = _wrap(tiny_classifier(), method, episodic=True) if method != "source" else _wrap(tiny_classifier(), method)
+    episodic = {"episodic": True} if "episodic" in tta.method_options(method) else {}
+    adapter = _wrap(tiny_classifier(), method, **episodic)
     x = _batch()
     assert torch.equal(adapter(x), adapter(x))
 
@@ -69,8 +69,8 @@ def test_works_under_callers_no_grad(method: str) -> None:
     state = clone_state(adapter)
     with torch.no_grad():
         adapter(_batch())
-    changed = not state_equal({k: v for k, v in clone_state(adapter).items()}, state)
-    assert changed == (method not in STATELESS)
+    changed = not state_equal(clone_state(adapter), state)
+    assert changed == (adapter.changes != "nothing")
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -84,21 +84,29 @@ def test_inference_mode_raises_for_gradient_methods_only(method: str) -> None:
             assert adapter(_batch()).shape == (8, 10)
 
 
+def _changed(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> set[str]:
+    return {name for name, value in before.items() if not torch.equal(after[name], value)}
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_only_intended_parameters_change(method: str) -> None:
+def test_declared_changes_are_what_adapting_changes(method: str) -> None:
+    """``changes`` is the narrowest truthful value: params changed within it, buffers changed unless ``nothing``."""
     adapter = _wrap(tiny_classifier(), method)
-    before = {k: v.detach().clone() for k, v in adapter.model.named_parameters()}
-    for seed in range(2):
+    params, buffers = dict(adapter.named_parameters()), dict(adapter.named_buffers())
+    params_before, buffers_before = ({k: v.detach().clone() for k, v in d.items()} for d in (params, buffers))
+    for seed in range(3):
         adapter(_batch(seed=seed))
-    after = dict(adapter.model.named_parameters())
-    allowed = {
-        "norm": {name for name, _ in tta.norm_affine_parameters(adapter.model)}, "all": set(before), False: set()
-    }[CHANGES_PARAMS[method]]
-    for name, value in before.items():
-        if name not in allowed:
-            assert torch.equal(after[name], value), f"{method} changed {name}"
-    if allowed:
-        assert any(not torch.equal(after[n], before[n]) for n in allowed)
+    changed_params, changed_buffers = _changed(params_before, params), _changed(buffers_before, buffers)
+    norm_affine = {name for name, _ in tta.norm_affine_parameters(adapter)}
+    observed = ("all" if changed_params - norm_affine else "norm_affine" if changed_params
+                else "statistics" if changed_buffers else "nothing")
+    assert observed == adapter.changes, (
+        f"{method} declares changes={adapter.changes!r}; it changed parameters {sorted(changed_params)} "
+        f"and buffers {sorted(changed_buffers)}"
+    )
+    assert bool(changed_buffers) == (adapter.changes != "nothing")
+    if adapter.changes == "nothing":
+        assert not any(opt.state_dict()["state"] for opt in adapter.optimizers)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -154,3 +154,68 @@ def test_cotta_runs_on_any_architecture(build: object) -> None:
     out = adapter(x)
     assert out.shape == (4, 10) and torch.isfinite(out).all()
     assert any(not torch.equal(p, before[n]) for n, p in _params(adapter.model).items())
+
+
+def _identity(x: torch.Tensor, cpu_gen: torch.Generator, device_gen: torch.Generator) -> torch.Tensor:
+    return x
+
+
+def test_cotta_supplied_augment_is_used_for_every_copy() -> None:
+    calls: list[tuple[torch.Tensor, torch.Generator, torch.Generator]] = []
+
+    def record(x: torch.Tensor, cpu_gen: torch.Generator, device_gen: torch.Generator) -> torch.Tensor:
+        calls.append((x, cpu_gen, device_gen))
+        return x
+
+    adapter = _cotta(tiny_classifier("bn"), num_augmentations=3, max_images=16, confidence_threshold=2.0,
+                     augment=record)  # always augmentation-averaged, 2 copies then 1 per forward
+    x = _batch()
+    with torch.no_grad():
+        plain = adapter.teacher(x)
+    out = adapter(x)
+    assert len(calls) == 3 and all(torch.equal(c[0], x) for c in calls)
+    assert all(isinstance(c[1], torch.Generator) and isinstance(c[2], torch.Generator) for c in calls)
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)  # identical copies: the plain teacher's target
+
+
+def test_cotta_identity_augment_adapts_like_the_unaugmented_teacher() -> None:
+    augmented = _cotta(confidence_threshold=2.0, augment=_identity)  # every target augmentation-averaged
+    plain = _cotta(confidence_threshold=0.0)  # every target on the batch itself
+    for seed in (1, 2):
+        torch.testing.assert_close(augmented(_batch(seed=seed)), plain(_batch(seed=seed)), rtol=1e-5, atol=1e-5)
+
+
+def test_cotta_supplied_augment_replays_its_draws_after_reset() -> None:
+    def noisy(x: torch.Tensor, cpu_gen: torch.Generator, device_gen: torch.Generator) -> torch.Tensor:
+        return x + 0.1 * torch.randn(x.shape, generator=device_gen, device=x.device) * torch.rand(1, generator=cpu_gen)
+
+    adapter = _cotta(confidence_threshold=2.0, augment=noisy)
+    first = adapter(_batch())
+    adapter.reset()
+    assert torch.equal(adapter(_batch()), first)
+
+
+def test_cotta_default_augment_keeps_the_official_chain() -> None:
+    x = _batch()
+    default, explicit = _cotta(confidence_threshold=2.0), _cotta(confidence_threshold=2.0, augment=None)
+    assert torch.equal(default(x), explicit(x))
+
+
+@pytest.mark.parametrize("value", ["flip", 3, torch.zeros(1)])
+def test_cotta_refuses_an_augment_that_is_not_callable(value: object) -> None:
+    with pytest.raises(TypeError, match=r"augment must be a callable augment\(x, cpu_generator, device_generator\)"):
+        _cotta(augment=value)
+    with pytest.raises(TypeError, match="augment must be a callable"):
+        CoTTA(tiny_classifier(), torch.optim.SGD(tiny_classifier().parameters(), lr=0.1), augment=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("augment_fn", "error", "message"), [
+    (lambda x, c, d: x[:1], ValueError, r"augment returned shape \(1, 3, 16, 16\), .* for a batch of shape \(8, 3, 16, 16\)"),
+    (lambda x, c, d: x.double(), ValueError, "augment returned .* torch.float64 .* torch.float32"),
+    (lambda x, c, d: x.numpy(), TypeError, "augment returned a ndarray, not a tensor"),
+])
+def test_cotta_refuses_an_augment_that_returns_no_copy_of_the_batch(augment_fn: object, error: type[Exception],
+                                                                     message: str) -> None:
+    adapter = _cotta(confidence_threshold=2.0, augment=augment_fn)
+    with pytest.raises(error, match=message):
+        adapter(_batch())

@@ -11,8 +11,7 @@ from torch import Tensor, nn
 
 import tta
 from eval.models.source import load_source_model
-from tests.helpers import tiny_classifier
-from tests.tta.test_contract import OPTIONS
+from tests.helpers import build_method, method_options, tiny_classifier
 from tta.guard import CollapseGuard
 from tta.registry import get_adapter_class
 from tta.checks import finite_step_
@@ -23,9 +22,7 @@ HUGE = [1e38, torch.finfo(torch.float32).max, -1e38]
 
 
 def _wrap(model: nn.Module, method: str, **kwargs: Any) -> tta.TTAMethod:
-    adapter = tta.wrap(model, method, **{**OPTIONS.get(method, {}), **kwargs})
-    assert isinstance(adapter, tta.TTAMethod)
-    return adapter
+    return build_method(method, model, **kwargs)
 
 
 def _batch(n: int = 8, seed: int = 1, shape: tuple[int, ...] = (3, 16, 16)) -> Tensor:
@@ -135,8 +132,7 @@ def test_adapting_leaves_the_callers_graph_alone(method: str) -> None:
 @pytest.mark.parametrize("value", HUGE)
 @pytest.mark.parametrize("method", METHODS)
 def test_guarded_method_answers_huge_values_finitely_or_refuses(method: str, value: float) -> None:
-    options: dict[str, Any] = {**OPTIONS.get(method, {}), "production": True}
-    guard = tta.wrap(tiny_classifier(), method, **options)
+    guard = tta.wrap(tiny_classifier(), method, **method_options(method, production=True))
     assert isinstance(guard, CollapseGuard)
     guard(_batch())
     events = len(guard.events)

@@ -40,3 +40,24 @@ def test_norm_refuses_model_without_batchnorm() -> None:
 def test_norm_unknown_statistics_mode_raises() -> None:
     with pytest.raises(ValueError, match="stats must be one of"):
         tta.wrap(tiny_classifier(), "norm", stats="median")
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"stats": "batch"}, lambda mean, var, unbiased: (mean, var)),
+    ({"stats": "mix", "prior": 0.25}, lambda mean, var, unbiased: (0.75 * mean, 0.25 + 0.75 * var)),
+    ({"stats": "ema", "momentum": 0.5}, lambda mean, var, unbiased: (0.5 * mean, 0.5 + 0.5 * unbiased)),
+])
+def test_norm_running_statistics_hold_the_last_forwards_and_the_source_ones_are_kept(  # type: ignore[no-untyped-def]
+        analytic, shifted, options, expected) -> None:
+    x, _ = shifted
+    adapter = tta.wrap(analytic, "norm", **options)
+    layer = adapter.model[0]
+    adapter(x)
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+    want_mean, want_var = expected(mean, var, torch.var(x, dim=(0, 2, 3)))
+    torch.testing.assert_close(layer.running_mean, want_mean)  # what the last forward normalized with
+    torch.testing.assert_close(layer.running_var, want_var)
+    assert torch.equal(layer.source_mean, torch.zeros(1)) and torch.equal(layer.source_var, torch.ones(1))
+    assert torch.equal(analytic[0].running_mean, torch.zeros(1))  # the model given to tta.wrap is untouched
+    adapter.reset()
+    assert torch.equal(layer.running_mean, layer.source_mean) and torch.equal(layer.running_var, layer.source_var)

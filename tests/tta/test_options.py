@@ -10,26 +10,19 @@ import torch
 from torch import nn
 
 import tta
-from tests.helpers import clone_state, state_equal, tiny_classifier
-from tests.tta.projection.tiny_denoiser import TinyDenoiser
+from tests.helpers import build_method, clone_state, state_equal, tiny_classifier
 from tta.checks import check_bool, check_int, check_positive, check_probability, check_real
 
 METHODS = tta.list_methods()
-# Options a method needs on the tiny model (LAME: its head has no conventional name) or to stay fast.
-NEEDED: dict[str, dict[str, object]] = {
-    "lame": {"head": "8"}, "cotta": {"num_augmentations": 2},
-    "dda": {"denoiser": TinyDenoiser(), "respacing": 10, "start_step": 2},
-}
 
 
-def _wrap(method: str, model: nn.Module | None = None, **options: object) -> tta.TTAMethod:
-    model = tiny_classifier() if model is None else model
-    return tta.wrap(model, method, **{**NEEDED.get(method, {}), **options})
+def _wrap(method: str, model: nn.Module | None = None, /, **options: object) -> tta.TTAMethod:
+    return build_method(method, model, **options)
 
 
 def _options(kind: type) -> list[tuple[str, str]]:
     """Every (method, option) pair whose default is of exactly ``kind``."""
-    return [(m, k) for m in METHODS for k, v in tta.adapter_options(m).items() if type(v) is kind]
+    return [(m, k) for m in METHODS for k, o in tta.method_options(m).items() if type(o.default) is kind]
 
 
 # --- the option checks themselves --------------------------------------------------------------
@@ -177,11 +170,11 @@ def test_valid_values_as_the_command_line_parses_them_still_build() -> None:
         assert out.shape == (4, 10) and torch.isfinite(out).all()
 
 
-def test_options_are_checked_on_the_constructor_path_too() -> None:
+def test_options_are_checked_when_the_builder_is_called_directly() -> None:
     from tta.methods.lame import LAME
 
     with pytest.raises(TypeError, match="knn must be an int"):
-        LAME(tiny_classifier(), knn=2.5, head="8")  # type: ignore[arg-type]
+        LAME.from_model(tiny_classifier(), knn=2.5, head="8")  # type: ignore[arg-type]
 
 
 def test_direct_construction_checks_the_shared_options() -> None:

@@ -40,3 +40,32 @@ def test_softmax_entropy_values() -> None:
     assert torch.allclose(tta.softmax_entropy(torch.zeros(2, 4)), torch.full((2,), torch.log(torch.tensor(4.0))))
     confident = torch.tensor([[100.0, 0.0, 0.0]])
     assert tta.softmax_entropy(confident).item() < 1e-6
+
+
+def test_wrap_checks_the_statistics_mode_once_not_in_every_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import adapters_bn.convert
+    import adapters_bn.layers
+
+    calls: list[object] = []
+    real = adapters_bn.layers.check_stats_options
+
+    def spy(stats: object, momentum: object = None, prior: object = None) -> None:
+        calls.append(stats)
+        real(stats, momentum, prior)
+
+    monkeypatch.setattr(adapters_bn.layers, "check_stats_options", spy)
+    monkeypatch.setattr(adapters_bn.convert, "check_stats_options", spy)
+    model = tiny_classifier()
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) >= 2
+    tta.wrap(model, "norm", stats="ema")
+    assert calls == ["ema"]
+
+
+def test_method_options_are_the_builders_keywords_with_real_types() -> None:
+    from typing import Literal
+
+    options = tta.method_options("tent")
+    assert options["lr"].default is None and options["lr"].type == float | None
+    assert options["optimizer"].type == Literal["adam", "sgd"]
+    assert options["steps"].type is int and options["steps"].default == 1
+    assert tta.method_options("lame")["head"].type == str | None

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 import tta
-from tests.helpers import tiny_classifier
-from tests.tta.projection.tiny_denoiser import TinyDenoiser
+from tests.helpers import build_method, tiny_classifier
 from tta.files import read_torch_file
 from tta.checkpoint import resume
 
@@ -28,17 +27,8 @@ OTHER_FLIPS = 30
 REFUSED = "damaged|not a readable adaptation state"
 
 
-def _options(method: str) -> dict[str, Any]:
-    """Options each method needs on the tiny model (LAME: its head) or to stay fast (a fresh denoiser each)."""
-    options: dict[str, dict[str, Any]] = {"lame": {"head": "8"}, "cotta": {"num_augmentations": 2},
-            "dda": {"denoiser": TinyDenoiser(), "respacing": 10, "start_step": 2}}
-    return options.get(method, {})
-
-
 def _wrap(method: str, **options: Any) -> tta.TTAMethod:
-    adapter = tta.wrap(tiny_classifier(), method, **(_options(method) | options))
-    assert isinstance(adapter, tta.TTAMethod)
-    return adapter
+    return build_method(method, **options)  # a fresh tiny model, and a fresh supply of each need
 
 
 def _batch(seed: int) -> torch.Tensor:

@@ -16,7 +16,6 @@ start of every epoch. Dropout draws from a generator seeded by ``(seed, epoch)``
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from tta.files import atomic_torch_save
+from tta.files import atomic_torch_save, read_torch_file
 from tta.da.dann import DANN, DANNLosses, dann_step
 from tta.da.grl import anneal_lr, dann_schedule
 from tta.params import norm_affine_parameters
@@ -178,10 +177,9 @@ def _resume(
     path: Path, dann: DANN, optimizer: torch.optim.Optimizer, config: FitConfig, tag: str
 ) -> list[EpochRecord]:
     try:
-        record = torch.load(path, map_location=next(dann.parameters()).device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        reason = type(error).__name__
-        raise ValueError(f"{path} is not a readable checkpoint ({reason}); remove it to start afresh") from error
+        record = read_torch_file(path, map_location=next(dann.parameters()).device, what="DANN fit checkpoint")
+    except ValueError as error:  # unreadable, or it holds code: useless to this run
+        raise ValueError(f"{error}; remove it to start afresh") from error
     if not isinstance(record, dict) or record.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a DANN fit checkpoint; remove it or pass another checkpoint path")
     if record.get("tag") != tag:

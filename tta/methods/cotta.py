@@ -50,6 +50,10 @@ Differences from the reference implementation:
   ``collect_params`` and restore loop select (all parameters of CNNs; parameters with other names,
   such as a ViT's class token or position embedding, stay fixed in both).
 - ``frozen()`` predicts with the teacher's logits on the batch itself (no augmentation).
+- ``augment=`` (Python only) replaces the official augmentation chain with any
+  ``augment(x, cpu_generator, device_generator) -> copy`` (:data:`tta.augment.AugmentFn`), called once
+  per copy with the step's generators, so its draws are replayed after ``reset`` too; ``augment_soft``
+  and ``noise_std`` then have no effect. ``None`` (the default) keeps the official chain.
 - ``stats="ema"`` (off by default) is for batch-size-1 streams, where one image's statistics are too
   noisy: the student's BatchNorm layers keep EMA target statistics (momentum ``bn_momentum``) and the
   teacher and anchor normalize with the same current estimate, as in the official code all three use
@@ -60,14 +64,14 @@ Differences from the reference implementation:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from adapters_bn import BN_STATS, BNStats, adapt_batchnorm, iter_adaptive
-from tta.augment import augment_copies, sample_augment_params
+from tta.augment import AugmentFn, augment_copies, check_augment, copies_of, sample_augment_params
 from tta.base import TTAMethod
 from tta.ema import detached_copy, ema_update_
 from tta.losses import soft_cross_entropy, symmetric_cross_entropy
@@ -77,14 +81,17 @@ from tta.checks import (
     check_choice,
     check_int,
     check_non_negative,
-    check_positive,
     check_probability,
+    checked_builder,
+    finite_step_,
 )
+from tta.optim import build_optimizer, check_optimizer_options
 from tta.params import requires_grad_only
 from tta.registry import register_adapter
-from tta.checks import finite_step_
 
 __all__ = ["CoTTA", "PRESETS", "configure_model", "collect_params", "share_statistics_", "stochastic_restore_"]
+
+CoTTAOptimizer = Literal["adam", "sgd"]
 
 # cifar10: cfgs/cifar10/cotta.yaml (OPTIM.METHOD Adam, LR 1e-3, BETA 0.9, WD 0, MT 0.999, RST 0.01,
 # AP 0.92) and the plain soft cross-entropy of cifar/cotta.py. imagenet: imagenet/cfgs/10orders/cotta/*.yaml
@@ -167,16 +174,28 @@ def _check_sampling_options(num_augmentations: object, max_images: object, seed:
     check_int("seed", seed)
 
 
-def _preset_options(preset: str, given: dict[str, Any]) -> dict[str, Any]:
-    """Return the preset's settings overridden by the ``given`` ones that are not ``None``, all checked."""
-    check_choice("preset", preset, PRESETS)
-    chosen = dict(PRESETS[preset])
-    chosen.update({k: v for k, v in given.items() if v is not None})
-    check_choice("optimizer", chosen["optimizer"], ("adam", "sgd"))
-    check_positive("lr", chosen["lr"])
+def _preset_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the preset's settings overridden by the given ``options`` that are not ``None``."""
+    chosen = dict(PRESETS[options["preset"]])
+    chosen.update({k: options[k] for k in chosen if options.get(k) is not None})
+    return chosen
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` for a ``from_model`` option out of its type or range.
+
+    The preset's values count where an option is ``None``.
+    """
+    check_choice("preset", options["preset"], PRESETS)
+    chosen = _preset_options(options)
+    check_optimizer_options(chosen["optimizer"], chosen["lr"], choices=get_args(CoTTAOptimizer))
     _check_teacher_options(chosen["ema_momentum"], chosen["restore_prob"], chosen["confidence_threshold"],
                            chosen["symmetric_loss"])
-    return chosen
+    _check_sampling_options(options["num_augmentations"], options["max_images"], options["seed"])
+    check_augment(options["augment"])
+    check_base_options(steps=options["steps"], episodic=options["episodic"], input_ndim=options["input_ndim"])
+    check_choice("stats", options["stats"], BN_STATS)
+    check_probability("bn_momentum", options["bn_momentum"])
 
 
 def _couples_samples(model: nn.Module) -> bool:
@@ -196,6 +215,9 @@ class CoTTA(TTAMethod):
     """
 
     uses_grad = True
+    changes = "all"
+    exports = "frozen"  # the teacher it predicts with
+    quick_options: ClassVar[Mapping[str, object]] = {"num_augmentations": 2}
     step_count: Tensor  # buffer, declared for type checkers
 
     def __init__(
@@ -211,6 +233,7 @@ class CoTTA(TTAMethod):
         max_images: int | None = None,
         augment_soft: bool = False,
         noise_std: float = 0.005,
+        augment: AugmentFn | None = None,
         seed: int = 0,
         steps: int = 1,
         episodic: bool = False,
@@ -220,6 +243,7 @@ class CoTTA(TTAMethod):
         _check_sampling_options(num_augmentations, max_images, seed)
         check_bool("augment_soft", augment_soft)
         check_non_negative("noise_std", noise_std)
+        check_augment(augment)
         check_base_options(steps=steps, episodic=episodic, input_ndim=input_ndim)
         super().__init__(model, steps=steps, episodic=episodic, input_ndim=input_ndim)
         self.optimizer, self.optimizers = optimizer, [optimizer]
@@ -229,6 +253,7 @@ class CoTTA(TTAMethod):
         self.confidence_threshold, self.symmetric_loss = confidence_threshold, symmetric_loss
         self.num_augmentations, self.max_images = num_augmentations, max_images
         self.augment_soft, self.noise_std, self.seed = augment_soft, noise_std, seed
+        self.augment = augment
         updated = {id(p) for group in optimizer.param_groups for p in group["params"]}
         anchor_params = dict(self.anchor.named_parameters())
         self._restored = [(p, name) for name, p in model.named_parameters() if id(p) in updated]
@@ -256,13 +281,9 @@ class CoTTA(TTAMethod):
 
     def augmented_teacher_logits(self, x: Tensor, cpu_gen: torch.Generator, device_gen: torch.Generator) -> Tensor:
         """Return the teacher's logits averaged over ``num_augmentations`` augmented copies of ``x``."""
-        height, width = x.shape[-2], x.shape[-1]
-        params = sample_augment_params(self.num_augmentations, height, width, cpu_gen, soft=self.augment_soft)
-        per_chunk = self._copies_per_forward(x)
         coupled = _couples_samples(self.teacher)
         total: Tensor | None = None
-        for start in range(0, len(params), per_chunk):
-            copies = augment_copies(x, params[start : start + per_chunk], device_gen, noise_std=self.noise_std)
+        for copies in self._augmented_chunks(x, cpu_gen, device_gen):
             if len(copies) == 1:
                 logits = self.teacher(copies[0]).unsqueeze(0)
             elif coupled:  # one forward, each copy still normalized by its own batch statistics
@@ -272,7 +293,24 @@ class CoTTA(TTAMethod):
             total = logits.sum(0) if total is None else total + logits.sum(0)
         if total is None:
             raise RuntimeError(f"num_augmentations must be >= 1, got {self.num_augmentations}")
-        return total / len(params)
+        return total / self.num_augmentations
+
+    def _augmented_chunks(self, x: Tensor, cpu_gen: torch.Generator, device_gen: torch.Generator) -> Iterator[Tensor]:
+        """Yield the augmented copies of ``x``, as many per ``(N, B, ...)`` chunk as one forward takes.
+
+        The official chain draws every copy's parameters first, then applies them chunk by chunk; a
+        supplied ``augment`` is called once per copy.
+        """
+        per_chunk = self._copies_per_forward(x)
+        if self.augment is not None:
+            for start in range(0, self.num_augmentations, per_chunk):
+                count = min(per_chunk, self.num_augmentations - start)
+                yield copies_of(x, self.augment, count, cpu_gen, device_gen)
+            return
+        params = sample_augment_params(self.num_augmentations, x.shape[-2], x.shape[-1], cpu_gen,
+                                       soft=self.augment_soft)
+        for start in range(0, len(params), per_chunk):
+            yield augment_copies(x, params[start : start + per_chunk], device_gen, noise_std=self.noise_std)
 
     def _coupled_teacher_logits(self, copies: Tensor) -> Tensor:
         """Return the teacher's logits on each copy ``(N, B, ...)``, each normalized by its own statistics."""
@@ -318,12 +356,13 @@ class CoTTA(TTAMethod):
         return target
 
     @classmethod
+    @checked_builder(_check_options)
     def from_model(
         cls,
         model: nn.Module,
         *,
         preset: Literal["cifar10", "imagenet"] = "cifar10",
-        optimizer: Literal["adam", "sgd"] | None = None,
+        optimizer: CoTTAOptimizer | None = None,
         lr: float | None = None,
         ema_momentum: float | None = None,
         restore_prob: float | None = None,
@@ -331,6 +370,7 @@ class CoTTA(TTAMethod):
         symmetric_loss: bool | None = None,
         num_augmentations: int = 32,
         max_images: int | None = None,
+        augment: AugmentFn | None = None,
         seed: int = 0,
         steps: int = 1,
         episodic: bool = False,
@@ -353,6 +393,9 @@ class CoTTA(TTAMethod):
             max_images: Most images per teacher forward over the augmented copies (at least one copy
                 per forward); ``None`` puts all copies in one forward on accelerators and one copy
                 per forward on CPU.
+            augment: Makes each augmented copy instead of the official chain: ``augment(x, cpu_generator,
+                device_generator)`` returns one copy of the batch ``x`` (same shape, dtype and device) and
+                draws its randomness from the two generators; ``None`` keeps the official chain.
             seed: Seed of the augmentation and restore randomness.
             steps: Updates per batch (1 officially).
             episodic: Reset to the source state before every batch.
@@ -362,18 +405,15 @@ class CoTTA(TTAMethod):
             input_ndim: Expected input rank.
 
         Raises:
-            TypeError: an option of the wrong type (e.g. ``seed="a"``, ``episodic="no"``).
+            TypeError: an option of the wrong type (e.g. ``seed="a"``, ``episodic="no"``, an ``augment`` that
+                is not callable).
             ValueError: an option out of range (e.g. ``confidence_threshold=2``), or a model with no
                 parameter to adapt.
         """
-        # every option is checked before the model is touched, so a rejected call changes nothing
-        given = {"optimizer": optimizer, "lr": lr, "ema_momentum": ema_momentum, "restore_prob": restore_prob,
-                 "confidence_threshold": confidence_threshold, "symmetric_loss": symmetric_loss}
-        chosen = _preset_options(preset, given)
-        _check_sampling_options(num_augmentations, max_images, seed)
-        check_base_options(steps=steps, episodic=episodic, input_ndim=input_ndim)
-        check_choice("stats", stats, BN_STATS)
-        check_probability("bn_momentum", bn_momentum)
+        # the options were checked (checked_builder) before the model is touched: a rejected call changes nothing
+        chosen = _preset_options({"preset": preset, "optimizer": optimizer, "lr": lr, "ema_momentum": ema_momentum,
+                                  "restore_prob": restore_prob, "confidence_threshold": confidence_threshold,
+                                  "symmetric_loss": symmetric_loss})
         model = configure_model(model, stats, bn_momentum)
         params = [p for _, p in collect_params(model)]
         if not params:  # after conversion: a FrozenBatchNorm2d's weight and bias only become parameters there
@@ -381,13 +421,10 @@ class CoTTA(TTAMethod):
                 f"CoTTA has no parameters to adapt: {type(model).__name__} has no parameter named 'weight' or "
                 "'bias' (the ones CoTTA updates); use 'source' or 'lame' for such a model"
             )
-        if chosen["optimizer"] == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=chosen["lr"], betas=(0.9, 0.999), weight_decay=0.0)
-        else:
-            opt = torch.optim.SGD(params, lr=chosen["lr"], momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=True)
+        opt = build_optimizer(params, chosen["optimizer"], lr=chosen["lr"])  # momentum 0.9, wd 0 in both configs
         return cls(
             model, opt, ema_momentum=chosen["ema_momentum"], restore_prob=chosen["restore_prob"],
             confidence_threshold=chosen["confidence_threshold"], symmetric_loss=chosen["symmetric_loss"],
-            num_augmentations=num_augmentations, max_images=max_images, seed=seed, steps=steps,
+            num_augmentations=num_augmentations, max_images=max_images, augment=augment, seed=seed, steps=steps,
             episodic=episodic, input_ndim=input_ndim,
         )

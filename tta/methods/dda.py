@@ -41,14 +41,15 @@ Differences from the reference implementation:
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from adapters_bn import adapt_batchnorm, iter_adaptive
 from tta.base import TTAMethod
-from tta.checks import check_base_options, check_bool, check_choice, check_int, check_non_negative
+from tta.checks import check_base_options, check_bool, check_choice, check_int, check_non_negative, checked_builder
 from tta.projection.denoisers import as_denoiser
 from tta.projection.guided import DiffusionProjector, GuidanceNorm
 from tta.projection.schedule import NoiseSchedule
@@ -119,6 +120,24 @@ def _check_projection_options(
         check_int("chunk_size", chunk_size, minimum=1)
 
 
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` for a DDA option out of its type or range (the one check)."""
+    check_choice("ensemble", options["ensemble"], ENSEMBLES)
+    check_choice("base", options["base"], ("source", "norm"))
+    _check_projection_options(options["num_train_steps"], options["respacing"], options["start_step"],
+                              options["low_pass_factor"], options["guidance_scale"], options["guidance_norm"],
+                              options["chunk_size"])
+    check_bool("resize", options["resize"])
+    check_bool("fp16", options["fp16"])
+    check_int("seed", options["seed"])
+    check_base_options(episodic=options["episodic"], input_ndim=options["input_ndim"])
+    if options["denoiser"] is None:
+        raise ValueError(
+            "DDA needs a diffusion model trained on the source data: pass denoiser=<module or checkpoint path> "
+            "(for the embedded Fashion-MNIST model, eval/assets/fmnist_ddpm.pt, made by `tta train-diffusion`)"
+        )
+
+
 @register_adapter("dda")
 class DDA(TTAMethod):
     """Classify the original and the diffusion-projected images and combine the predictions.
@@ -134,6 +153,10 @@ class DDA(TTAMethod):
     Returns (forward): logits ``log p_ensemble`` (see the module docstring).
     """
 
+    changes = "statistics"  # the noise counter (a buffer); with base="norm" also BatchNorm statistics
+    exports = "none"  # the inputs are projected by a diffusion model
+    needs = frozenset({"denoiser"})
+    quick_options: ClassVar[Mapping[str, object]] = {"respacing": 10, "start_step": 2}
     batches_seen: Tensor
 
     def __init__(
@@ -146,10 +169,6 @@ class DDA(TTAMethod):
         episodic: bool = False,
         input_ndim: int | None = 4,
     ) -> None:
-        if ensemble not in ENSEMBLES:
-            raise ValueError(f"unknown ensemble rule {ensemble!r}; choose one of {list(ENSEMBLES)}")
-        check_int("seed", seed)
-        check_base_options(episodic=episodic, input_ndim=input_ndim)
         super().__init__(model, episodic=episodic, input_ndim=input_ndim)
         self.projector = projector
         self.ensemble = ensemble
@@ -178,6 +197,7 @@ class DDA(TTAMethod):
         return logits
 
     @classmethod
+    @checked_builder(_check_options)
     def from_model(
         cls,
         model: nn.Module,
@@ -229,21 +249,7 @@ class DDA(TTAMethod):
             ValueError: an option out of range (e.g. ``guidance_scale=nan``), no denoiser, or ``base="norm"``
                 on a model without BatchNorm.
         """
-        # every option is checked before the model is touched, so a rejected call changes nothing
-        if ensemble not in ENSEMBLES:
-            raise ValueError(f"unknown ensemble rule {ensemble!r}; choose one of {list(ENSEMBLES)}")
-        check_choice("base", base, ("source", "norm"))
-        _check_projection_options(num_train_steps, respacing, start_step, low_pass_factor, guidance_scale,
-                                  guidance_norm, chunk_size)
-        check_bool("resize", resize)
-        check_bool("fp16", fp16)
-        check_int("seed", seed)
-        check_base_options(episodic=episodic, input_ndim=input_ndim)
-        if denoiser is None:
-            raise ValueError(
-                "DDA needs a diffusion model trained on the source data: pass denoiser=<module or checkpoint path> "
-                "(for the embedded Fashion-MNIST model, eval/assets/fmnist_ddpm.pt, made by `tta train-diffusion`)"
-            )
+        # the options were checked (checked_builder) before the model is touched: a rejected call changes nothing
         denoiser = as_denoiser(denoiser, use_fp16=fp16)
         if base == "norm":
             model = adapt_batchnorm(model, stats="batch")

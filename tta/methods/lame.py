@@ -41,7 +41,9 @@ Differences from the reference implementation:
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -56,11 +58,13 @@ from tta.checks import (
     check_int,
     check_non_negative,
     check_optional_str,
+    checked_builder,
 )
 from tta.registry import register_adapter
 
 __all__ = [
     "LAME",
+    "LAMESettings",
     "AFFINITIES",
     "Affinity",
     "knn_affinity",
@@ -168,18 +172,28 @@ def laplacian_optimization(
     return y
 
 
-def _check_options(
-    affinity: object, knn: object, symmetrize: object, bound_lambda: object, max_steps: object, tol: object,
-    head: object,
-) -> None:
-    """Raise a clear ``TypeError``/``ValueError`` for a LAME option out of its type or range."""
-    check_choice("affinity", affinity, AFFINITIES)
-    check_int("knn", knn, minimum=1)  # an int: it is a ``topk`` count
-    check_bool("symmetrize", symmetrize)
-    check_non_negative("bound_lambda", bound_lambda)  # 0: no Laplacian term, the frozen model's prediction
-    check_int("max_steps", max_steps, minimum=1)
-    check_non_negative("tol", tol)
-    check_optional_str("head", head)
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` for a LAME option out of its type or range (the one check)."""
+    check_choice("affinity", options["affinity"], AFFINITIES)
+    check_int("knn", options["knn"], minimum=1)  # an int: it is a ``topk`` count
+    check_bool("symmetrize", options["symmetrize"])
+    check_non_negative("bound_lambda", options["bound_lambda"])  # 0: no Laplacian term, the frozen model's prediction
+    check_int("max_steps", options["max_steps"], minimum=1)
+    check_non_negative("tol", options["tol"])
+    check_optional_str("head", options["head"])
+    check_base_options(episodic=options["episodic"], input_ndim=options["input_ndim"])
+
+
+@dataclass(frozen=True)
+class LAMESettings:
+    """The Laplacian correction's settings, as :meth:`LAME.from_model` declares, defaults and checks them."""
+
+    affinity: Affinity
+    knn: int
+    symmetrize: bool
+    bound_lambda: float
+    max_steps: int
+    tol: float
 
 
 @register_adapter("lame")
@@ -190,27 +204,19 @@ class LAME(TTAMethod):
     parameters and its statistics never change.
     """
 
+    changes = "nothing"
+    exports = "none"  # an output correction: export_onnx(lame=LameGraph(...)) appends it explicitly
+
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        affinity: Affinity = "knn",
-        knn: int = 5,
-        symmetrize: bool = False,
-        bound_lambda: float = 1.0,
-        max_steps: int = 100,
-        tol: float = 1e-8,
-        head: str | None = None,
-        episodic: bool = False,
+        self, model: nn.Module, settings: LAMESettings, *, head: str | None = None, episodic: bool = False,
         input_ndim: int | None = 4,
     ) -> None:
-        _check_options(affinity, knn, symmetrize, bound_lambda, max_steps, tol, head)
-        check_base_options(episodic=episodic, input_ndim=input_ndim)
         super().__init__(model, episodic=episodic, input_ndim=input_ndim)
         features, classifier = split_classifier(self.model, head)
         self._split = (features, classifier)  # tuple: both share the model's parameters, not registered twice
-        self.affinity, self.knn, self.symmetrize = affinity, knn, symmetrize
-        self.bound_lambda, self.max_steps, self.tol = bound_lambda, max_steps, tol
+        # plain attributes: a saved state records them as the method's settings
+        self.affinity, self.knn, self.symmetrize = settings.affinity, settings.knn, settings.symmetrize
+        self.bound_lambda, self.max_steps, self.tol = settings.bound_lambda, settings.max_steps, settings.tol
         self.snapshot()
 
     def adapt_step(self, x: Tensor) -> Tensor:
@@ -238,6 +244,7 @@ class LAME(TTAMethod):
                 "unchanged. Batch requests (LAME needs several samples per batch) to benefit from it.")
 
     @classmethod
+    @checked_builder(_check_options)
     def from_model(
         cls,
         model: nn.Module,
@@ -270,7 +277,5 @@ class LAME(TTAMethod):
             TypeError: an option of the wrong type (e.g. ``knn=2.5``, ``episodic="no"``).
             ValueError: an option out of range, or a head that cannot be found (the message names ``head=``).
         """
-        _check_options(affinity, knn, symmetrize, bound_lambda, max_steps, tol, head)  # before model.eval()
-        check_base_options(episodic=episodic, input_ndim=input_ndim)
-        return cls(model.eval(), affinity=affinity, knn=knn, symmetrize=symmetrize, bound_lambda=bound_lambda,
-                   max_steps=max_steps, tol=tol, head=head, episodic=episodic, input_ndim=input_ndim)
+        settings = LAMESettings(affinity, knn, symmetrize, bound_lambda, max_steps, tol)  # checked before model.eval()
+        return cls(model.eval(), settings, head=head, episodic=episodic, input_ndim=input_ndim)

@@ -10,33 +10,57 @@ Statistics modes (see :class:`adapters_bn.AdaptiveBatchNorm`):
 - ``ema``: target running statistics updated with ``momentum`` per batch, for streams and small
   batches; they persist across batches until ``reset``.
 
+After a forward, each layer's ``running_mean``/``running_var`` hold the statistics that forward
+normalized with (``batch``: the last batch's mean and biased variance; ``mix``: the mixed ones;
+``ema``: the updated target estimate), which is what an export with the current statistics uses. The
+source statistics stay in ``source_mean``/``source_var``, never written; ``reset`` copies them back
+into the running buffers.
+
 Reference: Schneider et al., "Improving robustness against common corruptions by covariate shift
 adaptation", NeurIPS 2020 (arXiv:2006.16971); Wang et al., "Tent", ICLR 2021 (norm baseline).
 Adapted from: DequanWang/tent ``norm.py`` (MIT), behaviour only.
 
 Differences from the reference implementation:
 - The model stays in ``eval()``: Tent's code switches BN layers to ``train()``; the normalization
-  is the same, but our running statistics keep the *source* values untouched.
+  is the same. Tent's running statistics then move by BatchNorm's momentum and the source values are
+  lost; here they hold the statistics used last, and the source values are kept apart
+  (``source_mean``/``source_var``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
 from adapters_bn import BN_STATS, BNStats, adapt_batchnorm, iter_adaptive
 from tta.base import TTAMethod
-from tta.checks import check_base_options, check_choice, check_probability
+from tta.checks import check_base_options, check_choice, check_probability, checked_builder
 from tta.registry import register_adapter
 
 __all__ = ["Norm"]
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` for a Norm option out of its type or range (the one check)."""
+    check_base_options(episodic=options["episodic"], input_ndim=options["input_ndim"])
+    check_choice("stats", options["stats"], BN_STATS)
+    check_probability("momentum", options["momentum"])
+    check_probability("prior", options["prior"])
 
 
 @register_adapter("norm")
 class Norm(TTAMethod):
     """Test-time BatchNorm statistics: the model's BN layers normalize with target statistics.
 
-    Returns the logits of the forward that used (and, in ``ema`` mode, updated) the statistics.
+    Returns the logits of the forward that used (and, in ``ema`` mode, updated) the statistics. Each
+    layer's ``running_mean``/``running_var`` then hold the statistics that forward used; the source ones
+    are kept in ``source_mean``/``source_var`` and restored by :meth:`reset`.
     """
+
+    changes = "statistics"
+    exports = "adaptive"  # batch, mixed or EMA statistics computed inside the graph
 
     def __init__(self, model: nn.Module, *, episodic: bool = False, input_ndim: int | None = 4) -> None:
         super().__init__(model, episodic=episodic, input_ndim=input_ndim)
@@ -52,6 +76,7 @@ class Norm(TTAMethod):
         return self.model(x)
 
     @classmethod
+    @checked_builder(_check_options)
     def from_model(
         cls,
         model: nn.Module,
@@ -76,10 +101,6 @@ class Norm(TTAMethod):
             TypeError: an option of the wrong type (e.g. ``momentum="0.1"``, ``episodic="no"``).
             ValueError: an option out of range, or a model without BatchNorm layers with running statistics.
         """
-        check_base_options(episodic=episodic, input_ndim=input_ndim)  # all before the model is converted
-        check_choice("stats", stats, BN_STATS)
-        check_probability("momentum", momentum)
-        check_probability("prior", prior)
         model = adapt_batchnorm(model, stats=stats, momentum=momentum, prior=prior)
         if not any(iter_adaptive(model)):
             raise ValueError(

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor, nn
 
 from tta.base import TTAMethod
-from tta.checks import check_input_ndim
+from tta.checks import check_input_ndim, checked_builder
 from tta.registry import register_adapter
 
 __all__ = ["Source"]
 
 
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` for an ``input_ndim`` that is neither ``None`` nor an int >= 1."""
+    check_input_ndim(options["input_ndim"])
+
+
 @register_adapter("source")
 class Source(TTAMethod):
     """The deployed model as it is, in ``eval()``: nothing adapts, ``reset`` is trivially exact."""
+
+    changes = "nothing"
+    exports = "frozen"  # the source model itself
 
     def __init__(self, model: nn.Module, *, input_ndim: int | None = 4) -> None:
         super().__init__(model, input_ndim=input_ndim)
@@ -24,6 +35,7 @@ class Source(TTAMethod):
         return self.model(x)
 
     @classmethod
+    @checked_builder(_check_options)
     def from_model(cls, model: nn.Module, *, input_ndim: int | None = 4) -> Source:
         """Wrap ``model`` unchanged.
 
@@ -31,5 +43,4 @@ class Source(TTAMethod):
             TypeError: ``input_ndim`` is neither ``None`` nor an int.
             ValueError: ``input_ndim`` below 1.
         """
-        check_input_ndim(input_ndim)
         return cls(model, input_ndim=input_ndim)

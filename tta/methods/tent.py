@@ -27,7 +27,8 @@ Differences from the reference implementation:
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -35,13 +36,14 @@ from torch import Tensor, nn
 from adapters_bn import BN_STATS, BNStats, adapt_batchnorm
 from tta.base import TTAMethod
 from tta.losses import softmax_entropy
-from tta.checks import check_base_options, check_choice, check_non_negative, check_positive, check_probability
+from tta.checks import check_base_options, check_choice, check_probability, checked_builder, finite_step_
+from tta.optim import build_optimizer, check_optimizer_options
 from tta.params import norm_affine_parameters, requires_grad_only
 from tta.registry import register_adapter
-from tta.checks import finite_step_
 
-__all__ = ["Tent", "configure_model", "collect_params", "build_optimizer"]
+__all__ = ["Tent", "configure_model", "collect_params"]
 
+TentOptimizer = Literal["adam", "sgd"]
 _DEFAULT_LR = {"adam": 1e-3, "sgd": 2.5e-4}
 
 
@@ -62,30 +64,13 @@ def collect_params(model: nn.Module) -> list[nn.Parameter]:
     return [param for _, param in norm_affine_parameters(model)]
 
 
-def build_optimizer(
-    params: list[nn.Parameter],
-    optimizer: Literal["adam", "sgd"],
-    lr: float | None,
-    momentum: float,
-    weight_decay: float,
-) -> torch.optim.Optimizer:
-    """Update: the optimizer of Tent's configs (Adam for CIFAR, Nesterov SGD for ImageNet)."""
-    _check_optimizer_options(optimizer, lr, momentum, weight_decay)
-    lr = _DEFAULT_LR[optimizer] if lr is None else lr
-    if optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=0.0, weight_decay=weight_decay, nesterov=True)
-
-
-def _check_optimizer_options(optimizer: object, lr: object, momentum: object, weight_decay: object) -> None:
-    """Raise a clear ``TypeError``/``ValueError`` for an optimizer option Tent cannot use."""
-    check_choice("optimizer", optimizer, _DEFAULT_LR)
-    if lr is not None:
-        check_positive("lr", lr)
-    check_probability("momentum", momentum)
-    if optimizer == "sgd" and momentum == 0:  # torch's Nesterov SGD needs a momentum
-        raise ValueError("momentum must be > 0 with optimizer='sgd' (Nesterov momentum), got 0")
-    check_non_negative("weight_decay", weight_decay)
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` for a Tent option out of its type or range (the one check)."""
+    check_optimizer_options(options["optimizer"], options["lr"], options["momentum"], options["weight_decay"],
+                            choices=get_args(TentOptimizer))
+    check_base_options(steps=options["steps"], episodic=options["episodic"], input_ndim=options["input_ndim"])
+    check_choice("stats", options["stats"], BN_STATS)
+    check_probability("bn_momentum", options["bn_momentum"])
 
 
 @register_adapter("tent")
@@ -93,6 +78,8 @@ class Tent(TTAMethod):
     """Tent on a configured model and its optimizer (see :meth:`from_model` for the standard recipe)."""
 
     uses_grad = True
+    changes = "norm_affine"
+    exports = "frozen"  # the adapted state; a backward pass has no inference graph
 
     def __init__(
         self,
@@ -116,11 +103,12 @@ class Tent(TTAMethod):
         return logits
 
     @classmethod
+    @checked_builder(_check_options)
     def from_model(
         cls,
         model: nn.Module,
         *,
-        optimizer: Literal["adam", "sgd"] = "adam",
+        optimizer: TentOptimizer = "adam",
         lr: float | None = None,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
@@ -149,11 +137,8 @@ class Tent(TTAMethod):
             TypeError: an option of the wrong type (e.g. ``episodic="no"``, ``steps=1.5``).
             ValueError: an option out of range, or a model without normalization layers.
         """
-        # every option is checked before the model is touched, so a rejected call changes nothing
-        _check_optimizer_options(optimizer, lr, momentum, weight_decay)
-        check_base_options(steps=steps, episodic=episodic, input_ndim=input_ndim)
-        check_choice("stats", stats, BN_STATS)
-        check_probability("bn_momentum", bn_momentum)
+        # the options were checked (checked_builder) before the model is touched: a rejected call changes nothing
         model = configure_model(model, stats, bn_momentum)
-        opt = build_optimizer(collect_params(model), optimizer, lr, momentum, weight_decay)
+        opt = build_optimizer(collect_params(model), optimizer, lr=_DEFAULT_LR[optimizer] if lr is None else lr,
+                              momentum=momentum, weight_decay=weight_decay)
         return cls(model, opt, steps=steps, episodic=episodic, input_ndim=input_ndim)

@@ -43,9 +43,8 @@ from adapters_bn import AdaptiveBatchNorm, fold_batchnorm, is_batchnorm
 from tta.onnx.lame import LameGraph, LameOutput
 from tta.onnx.layers import BatchStatisticsNorm, NormConfig, StatefulGraph, to_batch_statistics
 from tta.onnx.trace import INPUT_NAME, Exporter, annotate, trace
-from tta.base import TTAMethod
-from tta.methods.norm import Norm
-from tta.methods.source import Source
+from tta.base import Exports, TTAMethod
+from tta.registry import get_adapter_class, list_methods
 
 __all__ = ["ExportMode", "OnnxExport", "OnnxMismatchError", "export_onnx", "EXTRA_HINT"]
 
@@ -139,8 +138,9 @@ def export_onnx(
 
     Raises:
         ImportError: onnx, onnxscript or (with ``check``) onnxruntime is missing; names the extra.
-        ValueError: a bad mode or option, an adapter whose adaptation is not forward-only in
-            ``adaptive`` mode (Tent, CoTTA: use ``frozen``), or a destination that cannot be written.
+        ValueError: a bad mode or option, an adapter that declares ``exports="none"`` (LAME, DDA),
+            one whose adaptation is not forward-only in ``adaptive`` mode (``exports="frozen"``: Tent,
+            CoTTA; use ``frozen``), or a destination that cannot be written.
         OnnxMismatchError: onnxruntime's outputs differ from PyTorch's by more than ``atol``.
 
     Note:
@@ -184,22 +184,30 @@ def _check_options(
 
 
 def _check_adapter(adapter: TTAMethod, mode: str) -> None:
-    """Refuse adapters whose adaptation the chosen graph would silently drop."""
+    """Refuse adapters whose adaptation the chosen graph would silently drop, as their ``exports`` declares."""
     name = type(adapter).__name__
-    if adapter.uses_grad:
-        if mode == "adaptive":
-            raise ValueError(
-                f"{name} adapts by gradient steps (a backward pass), which an inference graph cannot express "
-                "forward-only, so mode='adaptive' cannot export it; export its adapted state with mode='frozen', "
-                "or use the 'norm' method for adaptation inside the graph"
-            )
-        return
-    if not isinstance(adapter, (Source, Norm)):
+    if adapter.exports == "none":
         raise ValueError(
-            f"export_onnx exports the normalization state of source, norm and gradient-based adapters; {name} "
-            "changes its outputs in a way it cannot infer. Export adapter.model instead, and for LAME append "
-            "the correction with lame=LameGraph(head=..., knn=...)"
+            "export_onnx exports the state of the methods that declare it exportable "
+            f"({', '.join(_declaring('frozen', 'adaptive'))}); {name} changes its outputs in a way it cannot "
+            "infer. Export adapter.model instead, and for LAME append the correction with "
+            "lame=LameGraph(head=..., knn=...)"
         )
+    # a method that changes nothing is the plain model: adaptive mode adapts it in the graph, as for any model
+    if mode == "adaptive" and adapter.exports == "frozen" and adapter.changes != "nothing":
+        how = f"its state (changes={adapter.changes!r})"
+        if adapter.uses_grad:
+            how = "by gradient steps (a backward pass)"
+        raise ValueError(
+            f"{name} adapts {how}, which an inference graph cannot express forward-only, so mode='adaptive' "
+            "cannot export it; export its adapted state with mode='frozen', or use a method that adapts inside "
+            f"the graph ({', '.join(_declaring('adaptive'))})"
+        )
+
+
+def _declaring(*exports: Exports) -> list[str]:
+    """The registered methods whose ``exports`` is one of ``exports``, quoted for a message."""
+    return [repr(m) for m in list_methods() if get_adapter_class(m).exports in exports]
 
 
 def _check_destination(f: str | os.PathLike[str] | BinaryIO) -> Path | None:
