@@ -47,13 +47,16 @@ TentOptimizer = Literal["adam", "sgd"]
 _DEFAULT_LR = {"adam": 1e-3, "sgd": 2.5e-4}
 
 
-def configure_model(model: nn.Module, stats: BNStats = "batch", momentum: float = 0.1) -> nn.Module:
-    """Mode: BN layers use test-batch statistics; only norm affine parameters require gradients."""
+def configure_model(model: nn.Module, stats: BNStats = "batch", momentum: float = 0.1, *, method: str = "Tent") -> nn.Module:
+    """Mode: BN layers use test-batch statistics; only norm affine parameters require gradients.
+
+    Shared by the methods that adapt the normalization affines; ``method`` names the caller in errors.
+    """
     model = adapt_batchnorm(model, stats=stats, momentum=momentum)
     names = [name for name, _ in norm_affine_parameters(model)]
     if not names:
         raise ValueError(
-            f"Tent needs normalization layers with affine parameters (BatchNorm, LayerNorm or GroupNorm); "
+            f"{method} needs normalization layers with affine parameters (BatchNorm, LayerNorm or GroupNorm); "
             f"{type(model).__name__} has none. Use 'source', or a model with normalization layers."
         )
     return requires_grad_only(model.eval(), names)
