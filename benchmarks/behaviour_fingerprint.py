@@ -111,8 +111,8 @@ def main() -> None:
         text = _tta("report", "--results", str(protocols), "--format", "md")
         print(f"report --format md: {len(text.splitlines())} lines, digest {_digest(text.splitlines())}")
         rows = list(csv.DictReader(io.StringIO(_tta("report", "--results", str(protocols), "--format", "csv"))))
-        kept = sorted(json.dumps({k: v for k, v in r.items() if k not in TIMING}, sort_keys=True) for r in rows)
-        print(f"report --format csv: {len(rows)} rows, digest without timings {_digest(kept)}")
+        kept = sorted(json.dumps({k: v for k, v in r.items() if k not in TIMING | {"meta"}}, sort_keys=True) for r in rows)
+        print(f"report --format csv: {len(rows)} rows, digest without timings and provenance {_digest(kept)}")
 
 
 if __name__ == "__main__":
