@@ -21,7 +21,7 @@ from tta.checks import (
     Snapshot,
     batch_statistics_advice,
     check_against_model,
-    check_base_options,
+    check_base_options_once,
     check_batch,
     check_finite_logits,
     check_grad_allowed,
@@ -111,7 +111,7 @@ class TTAMethod(LockedModule):
         self, model: nn.Module, *, steps: int = 1, episodic: bool = False, input_ndim: int | None = 4
     ) -> None:
         super().__init__()
-        check_base_options(steps=steps, episodic=episodic, input_ndim=input_ndim)
+        check_base_options_once(steps=steps, episodic=episodic, input_ndim=input_ndim)
         self.model = model.eval()
         self.steps = steps
         self.episodic = episodic

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import functools
 import inspect
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from adapters_bn import iter_adaptive
 
-__all__ = ["OptionCheck", "checked_builder", "builder_parts", "check_base_options", "check_bool", "check_choice", "check_input_ndim", "check_int", "check_non_negative", "check_optional_str", "check_positive", "check_probability", "check_real", "batch_statistics_advice", "check_against_model", "check_batch", "check_grad_allowed", "check_finite_logits", "check_logits", "logits_checked", "finite_step_", "model_errors_explained", "rolled_back_on_error", "Snapshot", "Stateful", "take_snapshot", "restore_snapshot"]
+__all__ = ["OptionCheck", "checked_builder", "builder_parts", "check_base_options", "check_bool", "check_choice", "check_input_ndim", "check_int", "check_non_negative", "check_optional_str", "check_positive", "check_probability", "check_real", "batch_statistics_advice", "check_against_model", "check_batch", "check_grad_allowed", "check_finite_logits", "check_logits", "logits_checked", "finite_step_", "options_checked", "check_base_options_once", "model_errors_explained", "rolled_back_on_error", "Snapshot", "Stateful", "take_snapshot", "restore_snapshot"]
 
 
 def _received(value: object) -> str:
@@ -118,6 +119,25 @@ OptionCheck = Callable[[Mapping[str, Any]], None]
 _Builder = TypeVar("_Builder", bound=Callable[..., Any])
 
 
+_OPTIONS_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("tta_options_checked", default=False)
+
+
+@contextmanager
+def options_checked() -> Iterator[None]:
+    """Within the block, a method being built has had all its options checked (by its builder's check)."""
+    token = _OPTIONS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _OPTIONS_CHECKED.reset(token)
+
+
+def check_base_options_once(*, steps: object = 1, episodic: object = False, input_ndim: object = 4) -> None:
+    """:func:`check_base_options`, unless the method's builder already checked them (a direct construction)."""
+    if not _OPTIONS_CHECKED.get():
+        check_base_options(steps=steps, episodic=episodic, input_ndim=input_ndim)
+
+
 def checked_builder(check: OptionCheck) -> Callable[[_Builder], _Builder]:
     """Decorate a method's ``from_model`` (under ``@classmethod``) so that every call checks its options first.
 
@@ -135,7 +155,8 @@ def checked_builder(check: OptionCheck) -> Callable[[_Builder], _Builder]:
             bound = signature.bind(cls, model, **options)
             bound.apply_defaults()
             check({name: bound.arguments[name] for name in names})
-            return builder(cls, model, **options)
+            with options_checked():
+                return builder(cls, model, **options)
 
         checked.check_options = check  # type: ignore[attr-defined]
         return checked  # type: ignore[return-value]
@@ -148,7 +169,15 @@ def builder_parts(builder: Callable[..., Any]) -> tuple[OptionCheck | None, Call
     function, owner = getattr(builder, "__func__", None), getattr(builder, "__self__", None)
     if function is None:
         return None, builder
-    return getattr(function, "check_options", None), functools.partial(inspect.unwrap(function), owner)
+    check, unchecked = getattr(function, "check_options", None), functools.partial(inspect.unwrap(function), owner)
+    if check is None:
+        return None, unchecked
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        with options_checked():  # the registry ran ``check`` once before calling this
+            return unchecked(*args, **kwargs)
+
+    return check, build
 
 
 def check_batch(x: Tensor, ndim: int | None = 4) -> None:

@@ -40,6 +40,9 @@ def check_writable_path(path: str | os.PathLike[str]) -> Path:
     return file
 
 
+_PREFIX_CHARS = 64  # of the target's name in the temporary file's, so a long name still fits NAME_MAX
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename: ``path`` is old or complete, never partial.
 
@@ -47,25 +50,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
         ValueError: ``path`` cannot name a file (see :func:`check_writable_path`).
         OSError: the write failed (no space, no permission); the message names ``path``.
     """
-    path = check_writable_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise _naming(path, error) from error
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())  # on disk before the rename, so a power loss leaves the old file or the new
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private (0600)
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise _naming(path, error) from error
-        raise
-    return path
+    return write_atomically(check_writable_path(path), lambda handle: torch.save(obj, handle))
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
@@ -76,7 +61,8 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     e.g. when a process starts checkpointing to it.
     """
     path = Path(path)
-    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")) if path.parent.is_dir() else []
+    pattern = f".{glob.escape(path.name[:_PREFIX_CHARS])}.*.tmp"  # the temporary names of write_atomically
+    stale = sorted(path.parent.glob(pattern)) if path.parent.is_dir() else []
     for leftover in stale:
         leftover.unlink(missing_ok=True)
     return stale
@@ -87,9 +73,6 @@ def _naming(path: Path, error: OSError) -> OSError:
     if error.errno is None:
         return OSError(f"cannot write {os.fspath(path)!r}: {error}")
     return OSError(error.errno, f"cannot write {os.fspath(path)!r}: {error.strerror}")
-
-
-_PREFIX_CHARS = 64  # of the target's name in the temporary file's, so a long name still fits NAME_MAX
 
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
@@ -105,7 +88,7 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:_PREFIX_CHARS]}.", suffix=".tmp", dir=path.parent)
     except OSError as error:
-        raise _about(path, error) from error
+        raise _naming(path, error) from error
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -116,7 +99,7 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(error, OSError):
-            raise _about(path, error) from error
+            raise _naming(path, error) from error
         raise
     return path
 
@@ -124,11 +107,6 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` with :func:`write_atomically`."""
     return write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def _about(path: Path, error: OSError) -> OSError:
-    """Return ``error`` restated about ``path`` (the user's file), not the temporary file beside it."""
-    return OSError(error.errno, f"cannot write {os.fspath(path)!r}: {error.strerror or error}")
 
 
 # Sentences of torch's refusal text that advise loading the file anyway (weights_only=False, allowlisting

@@ -69,3 +69,24 @@ def test_method_options_are_the_builders_keywords_with_real_types() -> None:
     assert options["optimizer"].type == Literal["adam", "sgd"]
     assert options["steps"].type is int and options["steps"].default == 1
     assert tta.method_options("lame")["head"].type == str | None
+
+
+def test_shared_options_are_checked_once_per_wrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``steps``/``episodic``/``input_ndim``: checked by the method's builder check, not again by TTAMethod."""
+    import tta.checks
+    import tta.methods.tent
+
+    calls: list[object] = []
+    original = tta.checks.check_base_options
+
+    def counting(**options: object) -> None:
+        calls.append(options["steps"])
+        original(**options)
+
+    monkeypatch.setattr(tta.checks, "check_base_options", counting)
+    monkeypatch.setattr(tta.methods.tent, "check_base_options", counting)
+    tta.wrap(tiny_classifier(), "tent", steps=2)
+    assert calls == [2]
+    calls.clear()
+    tta.methods.tent.Tent.from_model(tiny_classifier(), steps=2)
+    assert calls == [2]

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
@@ -89,7 +90,7 @@ from tta.optim import build_optimizer, check_optimizer_options
 from tta.params import requires_grad_only
 from tta.registry import register_adapter
 
-__all__ = ["CoTTA", "PRESETS", "configure_model", "collect_params", "share_statistics_", "stochastic_restore_"]
+__all__ = ["CoTTA", "CoTTASettings", "PRESETS", "configure_model", "collect_params", "share_statistics_", "stochastic_restore_"]
 
 CoTTAOptimizer = Literal["adam", "sgd"]
 
@@ -206,6 +207,26 @@ def _couples_samples(model: nn.Module) -> bool:
                for m in model.modules())
 
 
+@dataclass(frozen=True)
+class CoTTASettings:
+    """CoTTA's hyperparameters as :meth:`CoTTA.from_model` resolved (preset applied) and checked them.
+
+    The options and their defaults are declared once, by ``from_model``; ``augment_soft`` and
+    ``noise_std`` (the official augmentation chain's variant and noise) are not options of it.
+    """
+
+    ema_momentum: float
+    restore_prob: float
+    confidence_threshold: float
+    symmetric_loss: bool
+    num_augmentations: int
+    max_images: int | None
+    augment: AugmentFn | None
+    seed: int
+    augment_soft: bool = False
+    noise_std: float = 0.005
+
+
 @register_adapter("cotta")
 class CoTTA(TTAMethod):
     """CoTTA on a configured model and its optimizer (see :meth:`from_model` for the official recipe).
@@ -224,36 +245,22 @@ class CoTTA(TTAMethod):
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
+        settings: CoTTASettings,
         *,
-        ema_momentum: float = 0.999,
-        restore_prob: float = 0.01,
-        confidence_threshold: float = 0.92,
-        symmetric_loss: bool = False,
-        num_augmentations: int = 32,
-        max_images: int | None = None,
-        augment_soft: bool = False,
-        noise_std: float = 0.005,
-        augment: AugmentFn | None = None,
-        seed: int = 0,
         steps: int = 1,
         episodic: bool = False,
         input_ndim: int | None = 4,
     ) -> None:
-        _check_teacher_options(ema_momentum, restore_prob, confidence_threshold, symmetric_loss)
-        _check_sampling_options(num_augmentations, max_images, seed)
-        check_bool("augment_soft", augment_soft)
-        check_non_negative("noise_std", noise_std)
-        check_augment(augment)
-        check_base_options(steps=steps, episodic=episodic, input_ndim=input_ndim)
         super().__init__(model, steps=steps, episodic=episodic, input_ndim=input_ndim)
         self.optimizer, self.optimizers = optimizer, [optimizer]
         self.teacher = self._frozen_copy(model)
         self.anchor = self._frozen_copy(model)
-        self.ema_momentum, self.restore_prob = ema_momentum, restore_prob
-        self.confidence_threshold, self.symmetric_loss = confidence_threshold, symmetric_loss
-        self.num_augmentations, self.max_images = num_augmentations, max_images
-        self.augment_soft, self.noise_std, self.seed = augment_soft, noise_std, seed
-        self.augment = augment
+        # plain attributes, so that saved states record them (tta.state.method_settings)
+        self.ema_momentum, self.restore_prob = settings.ema_momentum, settings.restore_prob
+        self.confidence_threshold, self.symmetric_loss = settings.confidence_threshold, settings.symmetric_loss
+        self.num_augmentations, self.max_images = settings.num_augmentations, settings.max_images
+        self.augment_soft, self.noise_std, self.seed = settings.augment_soft, settings.noise_std, settings.seed
+        self.augment = settings.augment
         updated = {id(p) for group in optimizer.param_groups for p in group["params"]}
         anchor_params = dict(self.anchor.named_parameters())
         self._restored = [(p, name) for name, p in model.named_parameters() if id(p) in updated]
@@ -422,9 +429,9 @@ class CoTTA(TTAMethod):
                 "'bias' (the ones CoTTA updates); use 'source' or 'lame' for such a model"
             )
         opt = build_optimizer(params, chosen["optimizer"], lr=chosen["lr"])  # momentum 0.9, wd 0 in both configs
-        return cls(
-            model, opt, ema_momentum=chosen["ema_momentum"], restore_prob=chosen["restore_prob"],
+        settings = CoTTASettings(
+            ema_momentum=chosen["ema_momentum"], restore_prob=chosen["restore_prob"],
             confidence_threshold=chosen["confidence_threshold"], symmetric_loss=chosen["symmetric_loss"],
-            num_augmentations=num_augmentations, max_images=max_images, augment=augment, seed=seed, steps=steps,
-            episodic=episodic, input_ndim=input_ndim,
+            num_augmentations=num_augmentations, max_images=max_images, augment=augment, seed=seed,
         )
+        return cls(model, opt, settings, steps=steps, episodic=episodic, input_ndim=input_ndim)
