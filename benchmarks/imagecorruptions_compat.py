@@ -47,6 +47,8 @@ def load_reference() -> types.ModuleType | None:
     if importlib.util.find_spec("pkg_resources") is None and "pkg_resources" not in sys.modules:
         stub = types.ModuleType("pkg_resources")
         stub.resource_filename = lambda _package, path: os.path.join(package_dir, path)  # type: ignore[attr-defined]
+        # what else imports pkg_resources once it is in sys.modules (pytest's syspath_prepend) finds a no-op
+        stub.fixup_namespace_packages = lambda *_args, **_kwargs: None  # type: ignore[attr-defined]
         sys.modules["pkg_resources"] = stub
     if not hasattr(np, "float_"):
         np.float_ = np.float64  # type: ignore[attr-defined]

@@ -99,6 +99,10 @@ class TTAMethod(LockedModule):
 
     The values here are the cautious ones an unregistered subclass gets: it may change anything, and
     export refuses it.
+
+    ``hparams`` holds the options that built the adapter, every option of ``from_model`` with its
+    default filled in (as :func:`tta.method_options` declares them), for experiment trackers. Its
+    builder sets it (``tta.wrap``, ``tta bench``, a ``from_model`` under ``checked_builder``).
     """
 
     uses_grad: ClassVar[bool] = False
@@ -121,6 +125,8 @@ class TTAMethod(LockedModule):
         self.reset_point: Snapshot | None = None  # what reset() restores; set by snapshot()
         self._warned_batch_of_one = False
         self._reset_hooks: OrderedDict[int, Callable[[TTAMethod], None]] = OrderedDict()  # weak-referenceable
+        # the options that built it, defaults filled (for experiment trackers); set by the builder
+        self.hparams: dict[str, Any] = {}
 
     def adapt_step(self, x: Tensor) -> Tensor:
         """Run one adaptation step on ``x`` and return logits (each method documents which forward)."""
@@ -212,13 +218,15 @@ class TTAMethod(LockedModule):
         self._reset_hooks[handle.id] = hook
         return handle
 
-    def save_state(self, path: str | os.PathLike[str], *, relative_to_source: bool = False) -> None:
-        """Write the full adaptation state to ``path`` atomically (see :func:`tta.state.save_state`)."""
+    def save_state(self, path: state.StateFile, *, relative_to_source: bool = False) -> None:
+        """Write the full adaptation state to ``path`` atomically, or to a binary file object (see
+        :func:`tta.state.save_state`)."""
         with self._lock:
             state.save_state(self, path, relative_to_source=relative_to_source)
 
-    def load_state(self, path: str | os.PathLike[str]) -> None:
-        """Restore a state written by :meth:`save_state`, bit for bit (see :func:`tta.state.load_state`)."""
+    def load_state(self, path: state.StateFile) -> None:
+        """Restore a state written by :meth:`save_state` from a path or a binary file object, bit for bit
+        (see :func:`tta.state.load_state`)."""
         with self._lock:
             state.load_state(self, path)
 

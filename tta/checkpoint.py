@@ -148,7 +148,7 @@ def resume(adapter: TTAMethod, path: str | os.PathLike[str]) -> bool:
     """
     path = Path(path)
     if not path.exists():
-        logger.warning("no checkpoint at %s yet: starting from the source model", path)
+        logger.info("no checkpoint at %s yet: starting from the source model", path)  # a first start is normal
         return False
     adapter.load_state(path)
     logger.info("resumed adaptation state from %s", path)

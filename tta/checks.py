@@ -154,9 +154,12 @@ def checked_builder(check: OptionCheck) -> Callable[[_Builder], _Builder]:
         def checked(cls: type, model: nn.Module, /, **options: Any) -> Any:
             bound = signature.bind(cls, model, **options)
             bound.apply_defaults()
-            check({name: bound.arguments[name] for name in names})
+            hparams = {name: bound.arguments[name] for name in names}
+            check(hparams)
             with options_checked():
-                return builder(cls, model, **options)
+                adapter = builder(cls, model, **options)
+            adapter.hparams = hparams  # the options that built it, for experiment trackers
+            return adapter
 
         checked.check_options = check  # type: ignore[attr-defined]
         return checked  # type: ignore[return-value]
@@ -193,7 +196,9 @@ def check_batch(x: Tensor, ndim: int | None = 4) -> None:
         raise TypeError(f"expected a floating-point batch, got dtype {x.dtype}; convert images with x.float() / 255")
     if ndim is not None and x.dim() != ndim:
         layout = " (B, C, H, W)" if ndim == 4 else ""
-        raise ValueError(f"expected a {ndim}-D batch{layout}, got shape {tuple(x.shape)}")
+        raise ValueError(f"expected a {ndim}-D batch{layout}, got shape {tuple(x.shape)}; for a model that "
+                         f"takes {x.dim()}-D input, build the method with input_ndim={x.dim()} (e.g. "
+                         f"tta.wrap(model, method, input_ndim={x.dim()})), or input_ndim=None to skip this check")
     if x.dim() == 0:
         raise ValueError("expected a batch with a leading batch dimension, got a 0-D tensor (a single number)")
     if x.is_meta:

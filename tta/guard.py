@@ -17,13 +17,15 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-from tta.base import TTAMethod
+from tta.base import Changes, Exports, Need, TTAMethod
 
 __all__ = ["CollapseGuard", "GuardEvent", "GuardPolicy", "marginal_entropy"]
 
@@ -62,6 +64,11 @@ class CollapseGuard(nn.Module):
             (``tests/tta/test_guard.py``). Healthy adaptation usually raises diversity over the source's.
 
     Returns (forward): the method's logits, or the source's on a batch flagged as collapsed.
+
+    The guard keeps the method's interface: ``model``, ``optimizers``, ``hparams``, the declarations
+    (``changes``, ``exports``, ``needs``, ``uses_grad``, ``quick_options``), ``reset``, ``frozen``,
+    ``save_state``, ``load_state``, ``register_reset_hook``, and any other attribute of the method
+    (e.g. Tent's ``optimizer``) read through the guard.
     """
 
     def __init__(
@@ -159,6 +166,65 @@ class CollapseGuard(nn.Module):
     def load_state(self, path: str | os.PathLike[str]) -> None:
         """Load the method's adaptation state (see :meth:`tta.TTAMethod.load_state`)."""
         self.adapter.load_state(path)
+
+    def register_reset_hook(self, hook: Callable[[TTAMethod], None]) -> RemovableHandle:
+        """Call ``hook(method)`` after every reset of the method, the guard's included (see TTAMethod)."""
+        return self.adapter.register_reset_hook(hook)
+
+    @property
+    def model(self) -> nn.Module:
+        """The adapted model (the method's ``model``): ``guarded.model.compile()`` compiles it in place."""
+        return self.adapter.model
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The method's optimizers."""
+        return self.adapter.optimizers
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The options that built the method, defaults filled (see :class:`tta.TTAMethod`)."""
+        return self.adapter.hparams
+
+    @property
+    def is_adapting(self) -> bool:
+        """Whether ``forward`` adapts now: not inside :meth:`frozen`, nor after a ``freeze`` collapse."""
+        return self.adapter.is_adapting and not self._frozen and not self.stopped
+
+    @property
+    def changes(self) -> Changes:
+        """The method's declaration (see :class:`tta.TTAMethod`)."""
+        return self.adapter.changes
+
+    @property
+    def exports(self) -> Exports:
+        """The method's declaration (see :class:`tta.TTAMethod`)."""
+        return self.adapter.exports
+
+    @property
+    def needs(self) -> frozenset[Need]:
+        """The method's declaration (see :class:`tta.TTAMethod`)."""
+        return self.adapter.needs
+
+    @property
+    def uses_grad(self) -> bool:
+        """The method's declaration (see :class:`tta.TTAMethod`)."""
+        return self.adapter.uses_grad
+
+    @property
+    def quick_options(self) -> Mapping[str, object]:
+        """The method's declaration (see :class:`tta.TTAMethod`)."""
+        return self.adapter.quick_options
+
+    def __getattr__(self, name: str) -> Any:
+        """Read other attributes (a method's own, e.g. Tent's ``optimizer``) from the method."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            adapter = self.__dict__.get("_modules", {}).get("adapter")
+            if adapter is None or name.startswith("__"):
+                raise
+            return getattr(adapter, name)
 
     @classmethod
     def around(cls, adapter: TTAMethod, source: nn.Module, **kwargs: object) -> CollapseGuard:

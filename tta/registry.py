@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import inspect
 import typing
-from collections.abc import Callable, Collection, Mapping
+import warnings
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -15,10 +18,12 @@ from tta.checks import builder_parts
 
 __all__ = [
     "MethodOption", "MethodSettings", "register_adapter", "list_methods", "get_adapter_class", "method_options",
-    "check_method_options", "build_adapter", "create_adapter",
+    "check_method_options", "build_adapter", "create_adapter", "import_methods", "ENTRY_POINT_GROUP",
 ]
 
 _REGISTRY: dict[str, type[TTAMethod]] = {}
+ENTRY_POINT_GROUP = "tta.methods"
+"""The entry-point group where installed distributions declare methods (``name = "module:Class"``)."""
 T = TypeVar("T", bound="type[TTAMethod]")
 
 
@@ -84,16 +89,96 @@ def _check_quick_options(where: str, quick: object, needs: frozenset[str], optio
 
 
 def list_methods() -> list[str]:
-    """Return the registered method names, sorted."""
+    """Return the registered method names, sorted, the installed ``tta.methods`` entry points loaded first.
+
+    An entry point that cannot be loaded is left out with a warning (naming it is then an error that says why).
+    """
+    for entry in _entry_points():
+        if entry.name not in _REGISTRY:
+            try:
+                _load_entry_point(entry)
+            except (ImportError, TypeError, ValueError) as error:
+                warnings.warn(str(error), RuntimeWarning, stacklevel=2)
     return sorted(_REGISTRY)
 
 
 def get_adapter_class(name: str) -> type[TTAMethod]:
-    """Return the class registered as ``name``; unknown names raise ``ValueError`` listing valid ones."""
+    """Return the class registered as ``name``, importing it first if it is new.
+
+    A new ``module:Class`` name imports ``module`` and registers its ``Class`` under that name (what a
+    worker process does with the names a benchmark hands it); another new name is looked up among the
+    ``tta.methods`` entry points. Unknown names raise ``ValueError`` listing the valid ones; so does a
+    new name that cannot be imported or does not name a valid :class:`~tta.base.TTAMethod` subclass.
+    """
+    if name not in _REGISTRY:
+        entry = next((e for e in _entry_points() if e.name == name), None)
+        if entry is None and ":" not in name:
+            raise ValueError(f"unknown method {name!r}; available: {list_methods()} "
+                             "(or a method outside this package as module:Class)")
+        try:
+            if entry is None:
+                _register_class(name, _import_class(name))
+            else:
+                _load_entry_point(entry)
+        except (ImportError, TypeError) as error:  # a bad name given by the user: one kind of error for callers
+            raise ValueError(str(error)) from error
+    return _REGISTRY[name]
+
+
+def import_methods(names: Iterable[str]) -> None:
+    """Import and register each new ``module:Class`` or entry-point name of ``names``; leave unknown names.
+
+    Raises:
+        ValueError: If a ``module:Class`` name or an entry point cannot be imported or is not a valid
+            method class (the message says which and why).
+    """
+    installed = {entry.name for entry in _entry_points()}
+    for name in names:
+        if name not in _REGISTRY and (":" in name or name in installed):
+            get_adapter_class(name)
+
+
+def _entry_points() -> tuple[importlib.metadata.EntryPoint, ...]:
+    """The installed entry points of :data:`ENTRY_POINT_GROUP` (read each time: cheap, and installs change)."""
+    return tuple(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _load_entry_point(entry: importlib.metadata.EntryPoint) -> None:
+    """Import entry point ``entry`` and register its class under the entry point's name."""
+    where = f"method {entry.name!r} (entry point {entry.value!r} of group {ENTRY_POINT_GROUP!r})"
     try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; available: {list_methods()}") from None
+        cls = entry.load()
+    except Exception as error:  # any failure of third-party code at import: name the entry point
+        raise ImportError(f"{where} cannot be imported: {type(error).__name__}: {error}") from error
+    _register_class(entry.name, cls, where=where)
+
+
+def _import_class(name: str) -> object:
+    """Import the object that ``module:Class`` names."""
+    module_name, _, attribute = name.partition(":")
+    hint = "make the module importable (install its package or put its folder on PYTHONPATH)"
+    if not module_name or not attribute:
+        raise ValueError(f"method {name!r}: a method outside this package is named module:Class, e.g. "
+                         "my_pkg.my_module:MyMethod")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # any failure of third-party code at import: name the method
+        raise ValueError(f"method {name!r}: cannot import module {module_name!r} "
+                         f"({type(error).__name__}: {error}); {hint}") from error
+    found: object = module
+    for part in attribute.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            raise ValueError(f"method {name!r}: module {module_name!r} has no {attribute!r}")
+    return found
+
+
+def _register_class(name: str, cls: object, *, where: str | None = None) -> None:
+    """Register ``cls`` as ``name`` unless a module's own ``register_adapter`` just did (same class)."""
+    if not (isinstance(cls, type) and issubclass(cls, TTAMethod)):
+        raise TypeError(f"{where or f'method {name!r}'} names {cls!r}, which is not a tta.TTAMethod subclass")
+    if _REGISTRY.get(name) is not cls:
+        register_adapter(name)(cls)
 
 
 @dataclass(frozen=True)
@@ -165,6 +250,8 @@ def build_adapter(model: nn.Module, settings: MethodSettings) -> TTAMethod:
     """Build the method of ``settings`` on ``model`` (configured in place) without checking its options again."""
     _, build = builder_parts(get_adapter_class(settings.method).from_model)
     adapter: TTAMethod = build(model, **settings.options)
+    adapter.hparams = {key: settings.options.get(key, option.default)
+                       for key, option in method_options(settings.method).items()}
     return adapter
 
 

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from tta.checks import Snapshot, Stateful, restore_snapshot, take_snapshot
 from tta.files import atomic_torch_save, load_without_code, unreadable_reason
 
-__all__ = ["Adaptable", "STATE_FORMAT", "RELATIVE_STATE_FORMAT", "check_fits", "check_intact", "check_method_settings", "check_optimizers", "check_record", "content_digest", "method_settings", "on_cpu", "optimizer_settings", "with_digest", "save_state", "load_state"]
+__all__ = ["Adaptable", "StateFile", "Where", "STATE_FORMAT", "RELATIVE_STATE_FORMAT", "check_fits", "check_intact", "check_method_settings", "check_optimizers", "check_record", "content_digest", "method_settings", "on_cpu", "optimizer_settings", "with_digest", "save_state", "load_state"]
 
 
 class Adaptable(Stateful, Protocol):
@@ -34,6 +34,11 @@ class Adaptable(Stateful, Protocol):
 
 logger = logging.getLogger("tta.state")
 
+Where = str | os.PathLike[str]
+"""The file named in messages: a path, or how a file object is described (:func:`_describe`)."""
+StateFile = str | os.PathLike[str] | BinaryIO
+"""Where a state is saved or loaded: a path, or a binary file object (as ``torch.save`` / ``torch.load`` take)."""
+
 STATE_FORMAT = 1
 RELATIVE_STATE_FORMAT = 2  # a state saved relative to its source snapshot
 
@@ -50,7 +55,7 @@ _RUN_TIME_FLAGS = frozenset({"training", "update_stats"})
 _PLAIN = (bool, int, float, str, type(None))
 
 
-def check_record(path: os.PathLike[str], record: object, method: str, num_optimizers: int) -> None:
+def check_record(path: Where, record: object, method: str, num_optimizers: int) -> None:
     """Raise ``ValueError`` unless ``record`` is a complete state of ``method`` with ``num_optimizers`` optimizers."""
     if not isinstance(record, dict) or record.get("format") not in (STATE_FORMAT, RELATIVE_STATE_FORMAT):
         raise ValueError(f"{path} is not an adaptation state (format {STATE_FORMAT}) written by save_state")
@@ -70,7 +75,7 @@ def check_record(path: os.PathLike[str], record: object, method: str, num_optimi
         raise ValueError(f"{path} has {len(record['optimizers'])} optimizer state(s); the method has {num_optimizers}")
 
 
-def check_fits(path: os.PathLike[str], saved: object, expected: dict[str, Any]) -> None:
+def check_fits(path: Where, saved: object, expected: dict[str, Any]) -> None:
     """Raise ``ValueError`` unless ``saved`` has exactly the keys of ``expected`` with tensors of the same shapes and dtypes."""
     if not isinstance(saved, dict):
         raise ValueError(f"{path} is not a valid adaptation state: a state dict is {type(saved).__name__}")
@@ -109,7 +114,7 @@ def on_cpu(value: Any) -> Any:
     return value
 
 
-def check_optimizers(path: os.PathLike[str], record: dict[str, Any], adapter: Adaptable) -> None:
+def check_optimizers(path: Where, record: dict[str, Any], adapter: Adaptable) -> None:
     """Raise ``ValueError`` when the file's optimizers differ from ``adapter``'s in class or hyperparameters.
 
     Files written before the settings were recorded carry none and are not checked here.
@@ -194,7 +199,7 @@ def with_digest(record: dict[str, Any]) -> dict[str, Any]:
     return record | {DIGEST_KEY: content_digest(record)}
 
 
-def check_intact(path: os.PathLike[str], record: object) -> None:
+def check_intact(path: Where, record: object) -> None:
     """Raise ``ValueError`` unless ``record`` holds exactly what was written: its content matches its digest.
 
     A file written before digests existed has none; it is accepted (with a warning) only when it has a
@@ -243,7 +248,7 @@ def _is_plain(value: object) -> bool:
     return type(value) in _PLAIN
 
 
-def check_method_settings(path: os.PathLike[str], record: dict[str, Any], adapter: Adaptable) -> None:
+def check_method_settings(path: Where, record: dict[str, Any], adapter: Adaptable) -> None:
     """Raise ``ValueError`` naming the settings in which the file's method differs from ``adapter``.
 
     Only settings on both sides are compared (a setting a newer version adds is not a difference);
@@ -265,15 +270,19 @@ def check_method_settings(path: os.PathLike[str], record: dict[str, Any], adapte
                          f"{here}: build it with the same options to load this state; nothing was changed")
 
 
-def save_state(adapter: Adaptable, path: str | os.PathLike[str], *, relative_to_source: bool = False) -> Path:
+def save_state(adapter: Adaptable, path: StateFile, *, relative_to_source: bool = False) -> Path | None:
     """Write parameters, buffers, optimizer states and the reset snapshot to ``path`` (write, then rename).
 
-    An interrupted save leaves the previous file intact. Load it with :func:`load_state` into the
-    same method built on the same architecture, in this or another process.
+    An interrupted save to a path leaves the previous file intact. A binary file object (an open file,
+    ``io.BytesIO``) is written at its position, as ``torch.save`` writes it: not atomically. Load the state
+    with :func:`load_state` into the same method built on the same architecture, in this or another process.
 
     Args:
         adapter: The method whose state is written.
-        path: The file to write.
+        path: The file to write, or a binary file object open for writing.
+
+    Returns:
+        The file written, or ``None`` for a file object.
         relative_to_source: Leave out the snapshot and every tensor still equal to it, and write a
             fingerprint of the snapshot instead: the file then loads only into the same method wrapped
             around the same source model (as a resumed benchmark stream is).
@@ -297,7 +306,16 @@ def save_state(adapter: Adaptable, path: str | os.PathLike[str], *, relative_to_
                    "module": on_cpu(changed), "unchanged": unchanged, "snapshot": (None, on_cpu(source_optimizers))}
     else:
         record |= {"module": on_cpu(module), "snapshot": on_cpu(adapter.reset_point)}
-    return atomic_torch_save(with_digest(record), path)
+    if isinstance(path, (str, os.PathLike)):
+        return atomic_torch_save(with_digest(record), path)
+    torch.save(with_digest(record), path)
+    return None
+
+
+def _describe(file: BinaryIO) -> str:
+    """Name a file object in messages: its file name where it has one."""
+    name = getattr(file, "name", None)
+    return f"file object {name!r}" if isinstance(name, str) else f"file object {type(file).__name__}"
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -310,11 +328,12 @@ def _fingerprint(snapshot: Snapshot) -> str:
     return content_digest(snapshot, digest_size=20, framed=False)
 
 
-def load_state(adapter: Adaptable, path: str | os.PathLike[str]) -> Adaptable:
+def load_state(adapter: Adaptable, path: StateFile) -> Adaptable:
     """Restore a state written by :func:`save_state` into ``adapter``, bit for bit; returns ``adapter``.
 
     All or nothing: a file that is refused, or a load that fails half-way, leaves the adapter's
-    parameters, buffers, optimizer states and reset snapshot exactly as they were.
+    parameters, buffers, optimizer states and reset snapshot exactly as they were. ``path`` may be a
+    binary file object open for reading (read from its position); the same checks apply.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -323,29 +342,34 @@ def load_state(adapter: Adaptable, path: str | os.PathLike[str]) -> Adaptable:
             belongs to another method, architecture, method settings (``stats``, ``steps``, ...),
             optimizer class or optimizer settings (learning rate, betas, ...).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no adaptation state at {path}")
+    source: Path | BinaryIO
+    where: Where
+    if isinstance(path, (str, os.PathLike)):
+        source = where = Path(path)
+        if not source.is_file():
+            raise FileNotFoundError(f"no adaptation state at {source}")
+    else:
+        source, where = path, _describe(path)
     record: Any  # checked below, key by key, before anything is used
     try:
-        record = load_without_code(path)
+        record = load_without_code(source)  # type: ignore[arg-type]  # torch.load reads file objects too
     except Exception as error:  # noqa: BLE001 - torch raises several types for foreign or damaged files
-        raise ValueError(f"{path} is not a readable adaptation state: {unreadable_reason(error)}") from error
-    check_intact(path, record)
-    check_record(path, record, type(adapter).__name__, len(adapter.optimizers))
+        raise ValueError(f"{where} is not a readable adaptation state: {unreadable_reason(error)}") from error
+    check_intact(where, record)
+    check_record(where, record, type(adapter).__name__, len(adapter.optimizers))
     module = record["module"]
     if record["format"] == RELATIVE_STATE_FORMAT:
-        module = _with_source(adapter, path, record)
-    check_fits(path, module, adapter.state_dict())
+        module = _with_source(adapter, where, record)
+    check_fits(where, module, adapter.state_dict())
     if record["format"] == STATE_FORMAT:
-        check_fits(path, record["snapshot"][0], adapter.state_dict())
-    check_method_settings(path, record, adapter)  # after the shapes: another architecture is named as such
-    check_optimizers(path, record, adapter)
-    _load_all_or_nothing(adapter, path, module, record)
+        check_fits(where, record["snapshot"][0], adapter.state_dict())
+    check_method_settings(where, record, adapter)  # after the shapes: another architecture is named as such
+    check_optimizers(where, record, adapter)
+    _load_all_or_nothing(adapter, where, module, record)
     return adapter
 
 
-def _load_all_or_nothing(adapter: Adaptable, path: Path, module: dict[str, Any], record: dict[str, Any]) -> None:
+def _load_all_or_nothing(adapter: Adaptable, path: Where, module: dict[str, Any], record: dict[str, Any]) -> None:
     """Load the checked ``record`` into ``adapter``; on any failure put everything back and raise ``ValueError``."""
     before, reset_point = take_snapshot(adapter, adapter.optimizers), adapter.reset_point
     try:
@@ -363,7 +387,7 @@ def _load_all_or_nothing(adapter: Adaptable, path: Path, module: dict[str, Any],
                          "nothing was changed") from error
 
 
-def _with_source(adapter: Adaptable, path: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _with_source(adapter: Adaptable, path: Where, record: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Return the full module state of a relative ``record``: its tensors, and the rest from ``adapter``'s snapshot.
 
     Raises:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any
+from typing import Any, Literal, overload
 
 from torch import nn
 
@@ -14,6 +14,30 @@ from tta.guard import CollapseGuard, GuardPolicy
 from tta.registry import create_adapter
 
 __all__ = ["wrap"]
+
+
+@overload
+def wrap(
+    model: nn.Module, method: str = ..., *, inplace: bool = ..., production: Literal[False] = ...,
+    guard_policy: GuardPolicy = ..., checkpoint: str | os.PathLike[str] | None = ..., checkpoint_every: int = ...,
+    resume: str | os.PathLike[str] | None = ..., **hparams: Any,
+) -> TTAMethod: ...
+
+
+@overload
+def wrap(
+    model: nn.Module, method: str = ..., *, inplace: bool = ..., production: Literal[True],
+    guard_policy: GuardPolicy = ..., checkpoint: str | os.PathLike[str] | None = ..., checkpoint_every: int = ...,
+    resume: str | os.PathLike[str] | None = ..., **hparams: Any,
+) -> CollapseGuard: ...
+
+
+@overload
+def wrap(
+    model: nn.Module, method: str = ..., *, inplace: bool = ..., production: bool,
+    guard_policy: GuardPolicy = ..., checkpoint: str | os.PathLike[str] | None = ..., checkpoint_every: int = ...,
+    resume: str | os.PathLike[str] | None = ..., **hparams: Any,
+) -> TTAMethod | CollapseGuard: ...
 
 
 def wrap(
@@ -32,11 +56,13 @@ def wrap(
 
     Args:
         model: The deployed classifier; inputs as it expects them, logits ``(B, K)`` out.
-        method: A name from :func:`tta.list_methods` (``source``, ``norm``, ``tent``, ...).
+        method: A name from :func:`tta.list_methods` (``source``, ``norm``, ``tent``, ...), an installed
+            ``tta.methods`` entry point, or ``module:Class`` naming a :class:`tta.TTAMethod` subclass.
         inplace: Adapt ``model`` itself. By default a deep copy is adapted and ``model`` is untouched.
         production: Guard the method against collapse (:class:`tta.guard.CollapseGuard`, policy
             ``guard_policy``): a frozen copy of ``model`` answers batches where adaptation collapsed.
-            Off by default so that benchmarks run each paper's method unmodified.
+            Off by default so that benchmarks run each paper's method unmodified. The guard keeps the
+            method's interface (``.model``, ``reset``, ``save_state``, ``hparams``, ...).
         guard_policy: What the guard does after a collapse: ``reset`` (default), ``fallback`` or
             ``freeze`` (docs/production.md); only with ``production=True``.
         checkpoint: Write the full adaptation state to this file every ``checkpoint_every`` adapted

@@ -14,14 +14,14 @@ resumes from the adapter state saved after the last stored one (:mod:`eval.bench
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from tta.registry import MethodSettings, build_adapter, check_method_options
-from eval.bench.spec import BenchSpec, check_device_available
+from eval.bench.spec import BenchSpec, check_device_available, for_seeds
 from eval.bench.work import BenchWork
 from eval.domains import Domain
 from eval.bench.executors import BatchHook, Executor, FinishedCell, LocalExecutor, UnitFailure, UnitOutcome, WorkUnit
@@ -33,7 +33,8 @@ from eval.results.store import ResultsStore
 from eval.bench.stream_checkpoints import checkpoint_paths, discard, remove_stale_temporaries_in, resumable
 from eval.models.suites import Suite, open_suite
 
-__all__ = ["IncompleteBench", "OpenedBench", "check_methods", "open_bench", "resolve_methods", "run_bench", "plan_units"]
+__all__ = ["IncompleteBench", "OpenedBench", "check_methods", "open_bench", "resolve_methods", "run_bench", "run_seeds",
+           "plan_units"]
 
 
 def plan_units(spec: BenchSpec) -> list[WorkUnit]:
@@ -181,8 +182,7 @@ def run_bench(
         IncompleteBench: After every other unit ran, if some unit failed after all retries.
     """
     executor = executor if executor is not None else LocalExecutor()
-    if opened is None:  # units run on this machine unless on Ray (a Ray cluster's nodes may have other devices)
-        opened = open_bench(spec, devices_here=executor.name != "ray")
+    opened = opened if opened is not None else _open_for(spec, executor)
     suite = opened.suite
     model_name = suite.model_name + ("" if spec.runtime == "torch" else f"+{spec.runtime}")
     keys = {(m, d): _key(spec, suite, model_name, m, d) for m in spec.methods for d in spec.domains}
@@ -221,6 +221,51 @@ def run_bench(
     if failures:
         raise IncompleteBench(failures, results)
     return results
+
+
+def run_seeds(
+    spec: BenchSpec,
+    seeds: Sequence[int],
+    store: ResultsStore,
+    *,
+    executor: Executor | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_batch: BatchHook | None = None,
+    on_unit: Callable[[UnitOutcome, int], None] | None = None,
+    stream_states: Path | None = None,
+    on_cell: Callable[[FinishedCell, int], None] | None = None,
+    opened: OpenedBench | None = None,
+) -> Results:
+    """Run ``spec`` once per seed (:func:`run_bench` each, seed after seed); return every seed's records.
+
+    The suite is opened and checked once (the seed changes the corruption draws and the protocol's
+    order, not the data, model or options); each seed's cells are stored under their own key. The
+    arguments are those of :func:`run_bench`; ``on_start`` is called once per seed.
+
+    Raises:
+        ValueError: If ``seeds`` is empty, repeats a seed or holds an invalid one (:func:`~eval.bench.spec.for_seeds`),
+            and as :func:`run_bench`.
+        IncompleteBench: After every seed ran, if some unit of any seed failed after all retries.
+    """
+    specs = for_seeds(spec, seeds)
+    executor = executor if executor is not None else LocalExecutor()
+    opened = opened if opened is not None else _open_for(spec, executor)
+    results, failures = Results(), []
+    for one in specs:
+        try:
+            results.extend(run_bench(one, store, executor=executor, on_start=on_start, on_batch=on_batch,
+                                     on_unit=on_unit, stream_states=stream_states, on_cell=on_cell, opened=opened))
+        except IncompleteBench as incomplete:
+            failures.extend(incomplete.failures)
+            results.extend(incomplete.results)
+    if failures:
+        raise IncompleteBench(failures, results)
+    return results
+
+
+def _open_for(spec: BenchSpec, executor: Executor) -> OpenedBench:
+    """Open and check ``spec``; its devices are checked here unless the units run on Ray (whose nodes may differ)."""
+    return open_bench(spec, devices_here=executor.name != "ray")
 
 
 def _resumable_stream(spec: BenchSpec, unit: WorkUnit) -> bool:

@@ -7,7 +7,6 @@ produced it (the key already holds method, options, dataset, model, protocol, do
 from __future__ import annotations
 
 import platform
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ import torch
 import tta
 
 from eval.corruptions import ENGINE_VERSION
+from eval.models.suites import used_settings
 
 if TYPE_CHECKING:
     from eval.bench.spec import BenchSpec
@@ -39,9 +39,13 @@ def _plain(value: object) -> object:
 def run_metadata(spec: BenchSpec, device: str | None = None) -> dict[str, object]:
     """Return the provenance of a benchmark run: software versions, device, runtime and the suite's data settings.
 
+    The suite's settings are those its dataset uses (:func:`eval.models.suites.used_settings`), with the
+    normalization inside an on-disk suite's model resolved.
+
     ``device``: where the cells ran (a unit resolves ``auto``); ``None`` records the spec's.
     """
-    suite = {f.name: _plain(getattr(spec.suite, f.name)) for f in fields(spec.suite) if f.name != "num_workers"}
+    # only the settings the dataset uses (a flag it ignores is refused), worker counts left out: they change no result
+    suite = {name: _plain(value) for name, value in used_settings(spec.suite).items() if name != "num_workers"}
     meta: dict[str, object] = {
         "library": library_version(),
         "torch": torch.__version__,

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 import tta
+from tta.registry import import_methods
 from eval.corruptions import DEFAULT_CORRUPTIONS, list_corruptions
 from eval.domains import Domain
 from eval.bench.edge_runtime import RUNTIMES, Runtime, check_runtime_methods
+from eval.protocols.label_shift import DEFAULT_CONCENTRATION
 from eval.protocols.registry import get_protocol
 from eval.protocols.streams import Protocol
 from eval.models.suites import SuiteSpec
 
-__all__ = ["BenchSpec", "check_device_available", "check_seed", "resolve_device", "resolve_protocol", "SEEDS"]
+__all__ = ["BenchSpec", "check_device_available", "check_seed", "for_seeds", "resolve_device", "resolve_protocol",
+           "SEEDS"]
 
 _SEVERITIES = range(1, 6)  # the five ImageNet-C severities
 SEEDS = range(2**63)
@@ -36,6 +40,10 @@ class BenchSpec:
     ``online_cost``: ``None`` scores the usual offline protocol (every batch waits for adaptation);
     a number ``C >= 1`` or ``"auto"`` (measured on the first batch) scores the online protocol where a
     method ``C`` times slower than plain inference adapts on one batch in ``ceil(C)``.
+
+    ``dirichlet_delta``: the Dirichlet concentration of the ``dirichlet`` and ``continual-dirichlet`` protocols;
+    ``None`` keeps their default (0.1). A delta other than the default is part of :attr:`protocol_label`, so cells
+    of different deltas are stored apart.
     """
 
     methods: tuple[str, ...] = ("source", "norm", "tent")
@@ -50,16 +58,20 @@ class BenchSpec:
     device: str = "cpu"
     runtime: Runtime = "torch"
     online_cost: float | str | None = None
+    dirichlet_delta: float | None = None
 
     def __post_init__(self) -> None:
+        import_methods(self.methods)  # module:Class names and entry points: imported and registered here
         _check_names("method", self.methods, tta.list_methods())
+        _check_options(self.options, self.methods)
         # fmnist-c corrupts on the fly, so only implemented corruptions exist; on-disk suites list missing files
         known = [*list_corruptions("available"), "clean"] if self.suite.dataset == "fmnist-c" else None
         _check_names("corruption", self.corruptions, known)
         _check_severities(self.severities)
         _check_device_name(self.device)
         check_seed(self.seed)  # before seeding the protocol with it
-        resolve_protocol(self.protocol, self.seed)
+        _check_delta(self.dirichlet_delta)
+        resolve_protocol(self.protocol, self.seed, self.dirichlet_delta)
         if self.runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {self.runtime!r}; choose one of {list(RUNTIMES)}")
         if self.runtime == "onnx":
@@ -78,7 +90,7 @@ class BenchSpec:
     @property
     def stream_protocol(self) -> Protocol:
         """The protocol named by ``protocol``, seeded by ``seed`` (:func:`resolve_protocol`: looked up once)."""
-        return resolve_protocol(self.protocol, self.seed)
+        return resolve_protocol(self.protocol, self.seed, self.dirichlet_delta)
 
     @property
     def domains(self) -> list[Domain]:
@@ -88,18 +100,47 @@ class BenchSpec:
 
     @property
     def protocol_label(self) -> str:
-        """The protocol as recorded in results (``+online`` variants never mix with offline cells)."""
-        return self.protocol if self.online_cost is None else f"{self.protocol}+online:{self.online_cost}"
+        """The protocol as recorded in results: ``:delta=`` for a Dirichlet concentration other than the default,
+        ``+online`` for the online protocol, so cells of different settings never mix."""
+        delta = self.dirichlet_delta
+        label = self.protocol if delta in (None, DEFAULT_CONCENTRATION) else f"{self.protocol}:delta={float(delta)!r}"
+        return label if self.online_cost is None else f"{label}+online:{self.online_cost}"
+
+
+def for_seeds(spec: BenchSpec, seeds: Sequence[int]) -> list[BenchSpec]:
+    """Return one copy of ``spec`` per seed, in the given order: a multi-seed run is one run per seed.
+
+    Raises:
+        ValueError: If ``seeds`` is empty, repeats a seed, or holds one outside :data:`SEEDS`.
+    """
+    if not seeds:
+        raise ValueError("no seeds given; name at least one, e.g. 0 or 0,1,2")
+    repeated = [seed for seed, count in Counter(seeds).items() if count > 1]
+    if repeated:
+        raise ValueError(f"seed(s) {repeated} given more than once in {list(seeds)}; list each once")
+    return [replace(spec, seed=seed) for seed in seeds]
 
 
 @functools.lru_cache(maxsize=16)
-def resolve_protocol(name: str, seed: int) -> Protocol:
+def resolve_protocol(name: str, seed: int, concentration: float | None = None) -> Protocol:
     """Return the protocol ``name`` seeded by ``seed``, looked up once per process and shared (protocols keep no state).
 
+    Args:
+        concentration: The Dirichlet concentration of the protocols that take one; ``None`` keeps their default.
+
     Raises:
-        ValueError: If ``name`` is unknown; the message lists the valid names.
+        ValueError: If ``name`` is unknown (the message lists the valid names) or takes no concentration.
     """
-    return get_protocol(name, seed=seed)
+    return get_protocol(name, seed=seed, concentration=concentration)
+
+
+def _check_delta(delta: float | None) -> None:
+    """Raise ``ValueError`` unless ``delta`` is ``None`` or a finite number > 0."""
+    if delta is None:
+        return
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < math.inf:
+        raise ValueError(f"the Dirichlet concentration (--dirichlet-delta) must be a finite number > 0, got {delta!r}; "
+                         f"{DEFAULT_CONCENTRATION} is the papers' setting, larger is closer to i.i.d.")
 
 
 def _check_names(kind: str, names: Sequence[str], known: Sequence[str] | None) -> None:
@@ -113,6 +154,14 @@ def _check_names(kind: str, names: Sequence[str], known: Sequence[str] | None) -
     unknown = [name for name in names if known is not None and name not in known]
     if unknown:
         raise ValueError(f"unknown {kind}(s) {unknown}; available: {list(known or [])}")
+
+
+def _check_options(options: Mapping[str, Mapping[str, Any]], methods: Sequence[str]) -> None:
+    """Raise ``ValueError`` for options given to a method the run does not have (a typo would be ignored)."""
+    strays = [name for name in options if name not in methods]
+    if strays:
+        raise ValueError(f"options for {', '.join(map(repr, strays))}, which is not among the methods "
+                         f"{list(methods)}; add it to the methods or drop its options")
 
 
 def _check_severities(severities: Sequence[int]) -> None:

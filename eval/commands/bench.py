@@ -1,4 +1,5 @@
-"""``tta bench``: score methods on a corruption benchmark (default: Fashion-MNIST-C), resumably."""
+"""``tta bench``: score methods on a corruption benchmark (default: fmnist-c, Fashion-MNIST corrupted with CIFAR-10-C's
+severity tables), resumably."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from pathlib import Path
 from tta.files import write_text_atomically
 from tta.registry import list_methods
 from tta.source_data import uses_source_data
-from eval.bench.spec import BenchSpec
-from eval.bench.driver import IncompleteBench, OpenedBench, open_bench, run_bench
+from eval.bench.spec import BenchSpec, for_seeds
+from eval.bench.driver import IncompleteBench, OpenedBench, open_bench, run_seeds
 from eval.bench.stream_checkpoints import states_folder
 from eval.commands.errors import CLIError
 from eval.commands.options import parse_options, split_csv
 from eval.commands.paths import check_output_file
 from eval.commands.progress import BenchProgress, progress_bar
+from eval.commands.help import show_defaults
+from eval.commands.output import print_output
 from eval.corruptions import DEFAULT_CORRUPTIONS, list_corruptions
 from eval.datasets.source_split import check_source_data
 from eval.bench.executors import EXECUTORS, Executor, create_executor
@@ -23,10 +26,10 @@ from eval.models.source import DEFAULT_CHECKPOINT
 from eval.protocols.registry import list_protocols
 from eval.results.tables import Results
 from eval.results.store import ResultsStore
-from eval.models.suites import DATASETS, SuiteSpec
+from eval.models.suites import DATASETS, SEVERITY_TABLES, SUITE_SETTINGS, SuiteSpec, normalization
 
 NAME = "bench"
-HELP = "score methods on a corruption benchmark (default: Fashion-MNIST-C)"
+HELP = "score methods on a corruption benchmark (default: fmnist-c, Fashion-MNIST + CIFAR-10-C severities)"
 DEFAULT_RESULTS = Path("results") / "tta-results.sqlite"
 OUT_FORMATS = (".json", ".csv", ".md")
 """Extensions ``--out`` writes: the records as JSON or CSV, or the markdown table."""
@@ -34,9 +37,14 @@ OUT_FORMATS = (".json", ".csv", ".md")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the bench flags; each maps 1:1 to a :class:`~eval.bench.driver.BenchSpec` field."""
+    show_defaults(p)
     p.add_argument("--dataset", default="fmnist-c", choices=list(DATASETS),
-                   help="fmnist-c (built on the fly, shipped model) or a corrupted set on disk under --data-root")
-    p.add_argument("--methods", default="source,norm,tent", help="comma-separated methods (see `tta list`)")
+                   help="fmnist-c (Fashion-MNIST + CIFAR-10-C severities, corrupted on the fly, shipped model; not "
+                        "Weiss and Tonella's Fashion-MNIST-C) or a corrupted set on disk under --data-root; a flag "
+                        "the dataset does not use is an error")
+    p.add_argument("--methods", default="source,norm,tent",
+                   help="comma-separated methods (see `tta list`), or module:Class naming a TTAMethod subclass outside "
+                        "this package (importable here and in every worker)")
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method keyword option, repeatable, e.g. tent.lr=0.001 or norm.stats=ema")
     p.add_argument("--corruptions", default="default",
@@ -44,20 +52,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "'clean' adds the uncorrupted test set")
     p.add_argument("--severities", default="5", help="comma-separated severities in 1..5")
     p.add_argument("--protocol", default="episodic", choices=list_protocols(),
-                   help="episodic: reset at each domain; continual: never reset")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0, help="seeds the corruptions")
+                   help="episodic: reset at each domain; continual: never reset; dirichlet: each domain's samples "
+                        "in Dirichlet label clusters; continual-dirichlet: both, never reset (RoTTA's setting)")
+    p.add_argument("--dirichlet-delta", type=float, default=None, metavar="DELTA",
+                   help="dirichlet, continual-dirichlet: the Dirichlet concentration (default 0.1; smaller: longer "
+                        "single-class runs, larger: closer to i.i.d.); stored as part of the protocol")
+    p.add_argument("--batch-size", type=int, default=128, help="test images per batch")
+    p.add_argument("--seed", type=int, action="append", default=None,
+                   help="seeds the corruptions and shuffled protocols (default 0); repeat for several seeds")
+    p.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                   help="comma-separated seeds, e.g. 0,1,2: the grid runs once per seed, every seed's cells stored")
     p.add_argument("--limit", type=int, default=None, help="use only the first N test images")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="fmnist-c: source model checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help=f"fmnist-c: source model checkpoint (default: the shipped {DEFAULT_CHECKPOINT.name})")
+    p.add_argument("--severity-table", default=None, choices=SEVERITY_TABLES,
+                   help="fmnist-c: the severity constants: cifar (default: CIFAR-10-C's, made for 32 px images) or "
+                        "imagenet (ImageNet-C's, stored under the dataset id fmnist-c/corruptions-v<N>/imagenet-table)")
     p.add_argument("--data-root", type=Path, default=None,
                    help="fmnist-c: the IDX folder; cifar10-c/cifar100-c: the .npy folder; imagenet-c: the folder root")
     p.add_argument("--model", default=None, help="architecture for on-disk datasets: torchvision name, "
-                   "timm/<name> or module:function")
+                   "wrn28_10 (RobustBench's CIFAR WideResNet-28-10 layout), timm/<name> or module:function "
+                   "(a factory taking num_classes, found in the current directory or on PYTHONPATH)")
     p.add_argument("--weights", type=Path, default=None, help="local state_dict file of --model (never downloaded)")
-    p.add_argument("--mean", default=None, help="input mean inside the model, e.g. 0.485,0.456,0.406")
-    p.add_argument("--std", default=None, help="input std inside the model")
-    p.add_argument("--preprocess", default="res256crop224", choices=["res256crop224", "none"],
-                   help="imagenet-c: resize 256 + center-crop 224 (RobustBench/Tent/CoTTA), or the stored images")
+    p.add_argument("--mean", default=None,
+                   help="on-disk datasets: input mean inside the model; default 0,0,0 for cifar10-c/cifar100-c "
+                        "(RobustBench models take [0, 1] inputs) and 0.485,0.456,0.406 for imagenet-c (torchvision)")
+    p.add_argument("--std", default=None,
+                   help="on-disk datasets: input std inside the model; default 1,1,1 for cifar10-c/cifar100-c and "
+                        "0.229,0.224,0.225 for imagenet-c")
+    p.add_argument("--preprocess", default=None, choices=["res256crop224", "none"],
+                   help="imagenet-c: resize 256 + center-crop 224 (RobustBench/Tent/CoTTA; the default), "
+                        "or the stored images")
+    p.add_argument("--classes", type=Path, default=None, metavar="FILE",
+                   help="imagenet-c: the model's class names (wnids), one a line in its output order; needed when "
+                        "the folders hold fewer classes than the model (labels are then indices in this list)")
     p.add_argument("--per-class", type=int, default=None,
                    help="imagenet-c: first N images of each class (5 = the 5,000-image evaluation size)")
     p.add_argument("--subset-file", type=Path, default=None,
@@ -66,7 +94,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="methods that use source data: the training split to read instead of the suite's default "
                         "(fmnist-c: the IDX folder; cifar10-c/cifar100-c: the python release folder; imagenet-c, "
                         "which has no default: the training folder of <wnid>/<image> class folders)")
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (on-disk datasets)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="on-disk datasets: data-loading worker processes (default 0: load in this process)")
     p.add_argument("--online-cost", default=None,
                    help="online protocol: 'auto' or C >= 1; a method C times slower than inference adapts on "
                         "one batch in ceil(C), the others are predicted without adapting")
@@ -120,11 +149,13 @@ def build_spec(args: argparse.Namespace) -> BenchSpec:
         severities = tuple(int(s) for s in split_csv(args.severities))
     except ValueError:
         raise CLIError(f"--severities expects integers like 5 or 1,3,5, got {args.severities!r}") from None
+    defaults = {"checkpoint": args.checkpoint, "preprocess": args.preprocess, "num_workers": args.workers,
+                "severity_table": args.severity_table}  # None: the SuiteSpec default
     suite = SuiteSpec(
-        dataset=args.dataset, data_root=args.data_root, checkpoint=args.checkpoint, arch=args.model,
+        dataset=args.dataset, data_root=args.data_root, arch=args.model,
         weights=args.weights, mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"),
-        preprocess=args.preprocess, per_class=args.per_class, subset_file=args.subset_file, num_workers=args.workers,
-        source_data=args.source_data,
+        per_class=args.per_class, subset_file=args.subset_file, source_data=args.source_data, classes=args.classes,
+        **{name: value for name, value in defaults.items() if value is not None},
     )
     online = args.online_cost
     if online not in (None, "auto"):
@@ -132,9 +163,22 @@ def build_spec(args: argparse.Namespace) -> BenchSpec:
     return BenchSpec(
         methods=tuple(methods), options=parse_options(args.option, methods),
         corruptions=tuple(_corruption_list(args.corruptions)), severities=severities,
-        protocol=args.protocol, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
-        suite=suite, device=args.device, runtime=args.runtime, online_cost=online,
+        protocol=args.protocol, batch_size=args.batch_size, seed=seeds(args)[0], limit=args.limit,
+        suite=suite, device=args.device, runtime=args.runtime, online_cost=online, dirichlet_delta=args.dirichlet_delta,
     )
+
+
+def seeds(args: argparse.Namespace) -> list[int]:
+    """Return the seeds of ``--seed`` (repeatable) then ``--seeds``, default ``[0]``; checked by :func:`for_seeds`."""
+    listed: list[int] = list(args.seed or [])
+    if args.seeds is not None:
+        try:
+            listed += [int(s) for s in split_csv(args.seeds)]
+        except ValueError:
+            raise CLIError(f"--seeds expects integers like 0 or 0,1,2, got {args.seeds!r}") from None
+        if not listed:
+            raise CLIError(f"--seeds names no seed, got {args.seeds!r}; give e.g. 0,1,2")
+    return listed or [0]
 
 
 def build_executor(args: argparse.Namespace) -> Executor:
@@ -176,6 +220,28 @@ def _check_executor_flags(args: argparse.Namespace) -> None:
                        "(Ray hides the GPUs from tasks that reserve none)")
 
 
+_SUITE_FLAGS = {"checkpoint": "--checkpoint", "severity_table": "--severity-table", "arch": "--model",
+                "weights": "--weights", "mean": "--mean", "std": "--std", "num_workers": "--workers",
+                "preprocess": "--preprocess", "per_class": "--per-class", "subset_file": "--subset-file",
+                "classes": "--classes"}
+"""The dataset-specific flags, by the :class:`SuiteSpec` field each sets (``--data-root`` and ``--source-data``
+apply to every dataset)."""
+
+
+def _check_dataset_flags(args: argparse.Namespace) -> None:
+    """Raise for a flag the chosen dataset does not use, so a run never silently ignores one."""
+    given = {"checkpoint": args.checkpoint, "severity_table": args.severity_table, "arch": args.model,
+             "weights": args.weights, "mean": args.mean, "std": args.std, "num_workers": args.workers,
+             "preprocess": args.preprocess, "per_class": args.per_class, "subset_file": args.subset_file,
+             "classes": args.classes}
+    used = SUITE_SETTINGS[args.dataset]
+    wrong = [_SUITE_FLAGS[name] for name, value in given.items() if value is not None and name not in used]
+    if wrong:
+        users = {flag: [d for d in DATASETS if name in SUITE_SETTINGS[d]] for name, flag in _SUITE_FLAGS.items()}
+        raise CLIError("; ".join(f"{flag} does not apply to --dataset {args.dataset} (only to {', '.join(users[flag])})"
+                                 for flag in wrong) + "; remove it or choose the dataset it is meant for")
+
+
 def _check_source_data(spec: BenchSpec) -> None:
     """Raise if a method needs source data that is missing, or ``--source-data`` is given and no method uses it."""
     if any(uses_source_data(method) for method in spec.methods):
@@ -214,6 +280,8 @@ def check_args(args: argparse.Namespace) -> tuple[BenchSpec, OpenedBench]:
         spec = build_spec(args)
     except ImportError as error:  # --runtime onnx without the onnx extra
         raise CLIError(str(error)) from None
+    for_seeds(spec, seeds(args))  # every seed checked before any work
+    _check_dataset_flags(args)
     _check_executor_flags(args)
     _check_source_data(spec)
     check_output_file(args.results, "--results")
@@ -230,11 +298,22 @@ def run(args: argparse.Namespace) -> int:
     are stored and listed), 130 when interrupted (finished cells are kept).
     """
     spec, suite = check_args(args)
+    _print_normalization(spec)
     executor = build_executor(args)
     try:
         return _run_with(args, spec, suite, executor)
     finally:
         executor.close()
+
+
+def _print_normalization(spec: BenchSpec) -> None:
+    """Say on stderr which input normalization an on-disk suite's model applies, as a wrong one gives wrong numbers."""
+    if spec.suite.dataset == "fmnist-c":
+        return
+    mean, std = normalization(spec.suite)
+    print(f"normalization inside the model: mean={mean}, std={std} (--mean/--std; the {spec.suite.dataset} default "
+          f"is {'ImageNet statistics' if spec.suite.dataset == 'imagenet-c' else 'none: [0, 1] inputs'})",
+          file=sys.stderr)
 
 
 def _run_with(args: argparse.Namespace, spec: BenchSpec, suite: OpenedBench, executor: Executor) -> int:
@@ -243,8 +322,9 @@ def _run_with(args: argparse.Namespace, spec: BenchSpec, suite: OpenedBench, exe
     with ResultsStore(args.results) as store:  # opened (and checked) before the bar draws its first line
         progress = BenchProgress(progress_bar("bench", "batch"))
         try:
-            results = run_bench(spec, store, executor=executor, opened=suite,
-                                on_start=lambda total, stored: progress.start(total, stored, where=str(args.results)),
+            results = run_seeds(spec, seeds(args), store, executor=executor, opened=suite,
+                                on_start=lambda total, stored: progress.start(total, stored, where=str(args.results),
+                                                                              methods=spec.methods),
                                 on_batch=progress.batch, on_unit=progress.unit, on_cell=progress.cell,
                                 stream_states=states_folder(args.results) if args.stream_states else None)
         except KeyboardInterrupt:
@@ -259,7 +339,14 @@ def _run_with(args: argparse.Namespace, spec: BenchSpec, suite: OpenedBench, exe
             results, status = incomplete.results, 1
         finally:
             progress.close()
-    print(results.to_markdown())
+    print_output(results.to_markdown())
     if args.out is not None:
         write_results(results, args.out)
+    _print_where(args)
     return status
+
+
+def _print_where(args: argparse.Namespace) -> None:
+    """Say on stderr where the results went: the store (readable with ``tta report``) and ``--out``."""
+    out = f"; {args.out} written" if args.out is not None else ""
+    print(f"results stored in {args.results} (see `tta report --results {args.results}`){out}", file=sys.stderr)

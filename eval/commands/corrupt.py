@@ -12,6 +12,7 @@ import numpy as np
 from eval.commands.errors import CLIError
 from eval.commands.options import split_csv
 from eval.commands.progress import progress_bar
+from eval.commands.help import show_defaults
 from eval.corruptions import parse_corruptions
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ _SUBSETS = ("common", "holdout", "noise", "blur", "weather", "digital", "all")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the flags; each maps 1:1 to an argument of :func:`eval.datasets.writers.write_corrupted`."""
+    show_defaults(p)
     p.add_argument("--input", required=True,
                    help="clean data: an ImageFolder directory <root>/<class>/<img>, an images .npy "
                         "(N,H,W,C uint8; labels from --labels), or 'fmnist' (the Fashion-MNIST test split)")
@@ -40,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=224,
                    help="ImageFolder input: resize the shorter side to size*256/224 and centre-crop size "
                         "(ImageNet-C's preprocessing); 0 keeps the images as they are")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images corrupted at once")
     p.add_argument("--seed", type=int, default=0, help="seeds the corruptions (per batch)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N clean images")
     p.add_argument("--data-root", type=Path, default=None, help="Fashion-MNIST IDX folder (for --input fmnist)")
@@ -105,8 +107,12 @@ def run(args: argparse.Namespace) -> int:
     source, labels, folder_input = _open_source(args)
     layout: Layout = args.layout or ("folder" if folder_input else "npy")
     bar = progress_bar("corrupt", "img")
+    parts = len(corruptions) * len(set(severities))
+    skipped = 0
 
     def on_start(total: int, done: int) -> None:
+        nonlocal skipped
+        skipped = done * parts // total if total else 0  # every part holds the same number of images
         bar.reset(total=total)
         bar.update(done)
         if done:
@@ -123,5 +129,6 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         bar.close()
-    print(f"wrote {args.out} ({layout} layout): {len(written)} file(s)/folder(s)")
+    print(f"{args.out} ({layout} layout): wrote {parts - skipped} part(s) (corruption x severity), skipped "
+          f"{skipped} already complete; {len(written)} file(s)/folder(s) in all")
     return 0

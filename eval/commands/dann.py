@@ -12,6 +12,7 @@ from tta.files import write_text_atomically
 from eval.commands.errors import CLIError
 from eval.commands.options import split_csv
 from eval.commands.progress import progress_bar
+from eval.commands.help import show_defaults
 from eval.models.source import DEFAULT_CHECKPOINT
 
 NAME = "dann"
@@ -20,6 +21,7 @@ HELP = "adapt the source model to an unlabeled target domain with DANN (gradient
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add flags mapping to :class:`tta.da.FitConfig` and :func:`eval.training.da_experiment.compare_arms`."""
+    show_defaults(p)
     p.add_argument("--source", default="fashion-mnist", choices=["fashion-mnist"], help="labeled source data")
     p.add_argument("--target", required=True,
                    help="unlabeled target: a corruption of the training images (gaussian_noise...) or an image folder")
@@ -27,11 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="source model checkpoint to adapt")
     p.add_argument("--out", type=Path, default=Path("results") / "dann.pt",
                    help="adapted checkpoint (same format as the source; `tta bench --checkpoint` scores it)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=4, help="training epochs")
+    p.add_argument("--steps-per-epoch", type=int, default=100, help="optimizer steps per epoch")
     p.add_argument("--batch-size", type=int, default=64, help="source images per step, and as many target images")
     p.add_argument("--lr", type=float, default=0.01, help="initial learning rate μ0 of the paper's annealing")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
     p.add_argument("--gamma", type=float, default=10.0, help="steepness γ of the reversal schedule")
     p.add_argument("--trainable", default="all", choices=["all", "norm", "last"], help="what trains in the classifier")
     p.add_argument("--last-blocks", type=int, default=1, help="blocks that train with --trainable last")

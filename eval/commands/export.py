@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from eval.commands.errors import CLIError
-from eval.commands.options import parse_options
+from eval.commands.options import parse_floats, parse_ints, parse_options
 from eval.commands.paths import check_output_file
+from eval.commands.help import show_defaults
 from eval.models.source import DEFAULT_CHECKPOINT
 
 NAME = "export"
@@ -18,6 +19,7 @@ HELP = "export the source model with a method's adaptation to ONNX (frozen snaps
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add flags mapping 1:1 to :func:`tta.export_onnx` and the optional adaptation before a frozen export."""
+    show_defaults(p)
     p.add_argument("--method", default="norm", help="method whose state or adaptation is exported (see `tta list`)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method keyword option, repeatable, e.g. stats=ema")
@@ -36,10 +38,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="frozen: first adapt on batches of this Fashion-MNIST-C domain, e.g. gaussian_noise-5")
     p.add_argument("--adapt-batches", type=int, default=10, help="batches for --adapt-on")
     p.add_argument("--batch-size", type=int, default=64, help="batch size of the example (and of --adapt-on)")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="source model checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help=f"Fashion-MNIST source checkpoint of `tta train-source` (default: {DEFAULT_CHECKPOINT})")
+    p.add_argument("--model", default=None, help="export this architecture instead (as in `tta bench`): "
+                   "torchvision name, timm/<name> or module:function")
+    p.add_argument("--weights", type=Path, default=None, help="local state_dict file of --model (never downloaded)")
+    p.add_argument("--num-classes", type=int, default=1000, help="--model: classes of its head")
+    p.add_argument("--mean", default=None, help="--model: input mean inside the model (default: ImageNet's)")
+    p.add_argument("--std", default=None, help="--model: input std inside the model (default: ImageNet's)")
+    p.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="shape of one input (default: 1,28,28 for the checkpoint, 3,224,224 for --model)")
     p.add_argument("--data-root", type=Path, default=None, help="Fashion-MNIST IDX folder (for --adapt-on)")
     p.add_argument("--seed", type=int, default=0, help="seeds the corruptions and the example batch")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
                    help="torch.onnx exporter: dynamo (torch.export-based) or the deprecated, faster torchscript")
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
@@ -70,12 +81,34 @@ def _adapt(adapter: torch.nn.Module, args: argparse.Namespace) -> torch.Tensor:
     return x
 
 
+def _model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """Return the model to export (``--model`` and ``--weights``, else ``--checkpoint``) and the shape of one input."""
+    from eval.models.architectures import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, build_model
+    from eval.models.source import load_source_model
+
+    if args.model is None:
+        for flag, value in (("--weights", args.weights), ("--mean", args.mean), ("--std", args.std)):
+            if value is not None:
+                raise CLIError(f"{flag} applies to --model only; pass --model ARCH with it")
+        shape = (1, 28, 28) if args.input_shape is None else parse_ints(args.input_shape, "--input-shape")
+        return load_source_model(args.checkpoint), shape
+    if args.checkpoint is not None:
+        raise CLIError("--checkpoint and --model both name the model to export; pass one of them")
+    if args.weights is None:
+        raise CLIError(f"--model {args.model} needs --weights FILE, its local state_dict (nothing is downloaded)")
+    if args.adapt_on is not None:
+        raise CLIError("--adapt-on adapts on Fashion-MNIST-C, for the Fashion-MNIST checkpoint only, not --model")
+    mean = IMAGENET_MEAN if args.mean is None else parse_floats(args.mean, "--mean")
+    std = IMAGENET_STD if args.std is None else parse_floats(args.std, "--std")
+    spec = ModelSpec(args.model, args.weights, num_classes=args.num_classes, mean=mean, std=std)
+    shape = (3, 224, 224) if args.input_shape is None else parse_ints(args.input_shape, "--input-shape")
+    return build_model(spec), shape
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the adapter, optionally adapt it, export and verify; print what was written."""
     import tta
     from eval.bench.spec import check_seed
-    from eval.models.source import load_source_model
-
     check_seed(args.seed)
     if args.adapt_on is not None and args.mode != "frozen":
         raise CLIError("--adapt-on adapts in PyTorch before a frozen export; an adaptive graph adapts on the device")
@@ -90,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         from tta.onnx.lame import LameGraph
 
         lame = LameGraph(head=args.lame_head, knn=args.lame_knn, steps=args.lame_steps)
-    model = load_source_model(args.checkpoint)
+    model, shape = _model(args)
     try:
         adapter = tta.wrap(model, args.method, **options)
     except (TypeError, ValueError) as error:
@@ -98,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if args.adapt_on is not None:
         example = _adapt(adapter, args)
     else:
-        example = torch.rand(args.batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
+        example = torch.rand(args.batch_size, *shape, generator=torch.Generator().manual_seed(args.seed))
     try:
         result = tta.export_onnx(adapter, args.out, example, mode=args.mode, prior=args.prior,
                                  ema_momentum=args.ema_momentum, lame=lame, opset=args.opset,

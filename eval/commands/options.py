@@ -11,12 +11,31 @@ from typing import Any
 from eval.commands.errors import CLIError
 from tta.registry import method_options
 
-__all__ = ["parse_options", "parse_value", "split_csv"]
+__all__ = ["parse_floats", "parse_ints", "parse_options", "parse_value", "split_csv"]
 
 
 def split_csv(text: str) -> list[str]:
     """Return the non-empty, stripped items of a comma-separated string."""
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_floats(text: str, flag: str) -> tuple[float, ...]:
+    """Return the numbers of a comma-separated ``flag`` value such as ``0.485,0.456,0.406``."""
+    try:
+        return tuple(float(v) for v in split_csv(text))
+    except ValueError:
+        raise CLIError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+
+
+def parse_ints(text: str, flag: str, *, minimum: int = 1) -> tuple[int, ...]:
+    """Return the integers (each at least ``minimum``) of a comma-separated ``flag`` value such as ``3,224,224``."""
+    try:
+        values = tuple(int(v) for v in split_csv(text))
+    except ValueError:
+        values = ()
+    if not values or min(values) < minimum:
+        raise CLIError(f"{flag} expects comma-separated integers >= {minimum} such as 3,224,224, got {text!r}")
+    return values
 
 
 def _members(kind: object) -> tuple[object, ...]:

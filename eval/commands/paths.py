@@ -8,7 +8,7 @@ from pathlib import Path
 
 from eval.commands.errors import CLIError
 
-__all__ = ["check_output_file"]
+__all__ = ["check_output_file", "check_not_shipped"]
 
 
 def check_output_file(path: Path, flag: str, *, suffixes: Collection[str] | None = None) -> None:
@@ -58,3 +58,17 @@ def _check_name_lengths(names: tuple[str, ...], folder: Path, flag: str, path: P
         if len(os.fsencode(name)) > limit:
             raise CLIError(f"{flag} {path}: file name too long ({len(os.fsencode(name))} bytes, the file system "
                            f"takes at most {limit}); pass a shorter name")
+
+
+def check_not_shipped(path: Path, flag: str, *, overwrite_shipped: bool) -> None:
+    """Raise if ``path`` lies in the package's shipped assets (``eval/assets``) and overwriting them was not asked for.
+
+    The shipped checkpoints are what ``tta bench`` and DDA use by default; a retrained model goes elsewhere
+    unless ``--overwrite-shipped`` says to replace them.
+    """
+    from eval.models.source import DEFAULT_CHECKPOINT
+
+    assets = DEFAULT_CHECKPOINT.parent.resolve()
+    if not overwrite_shipped and path.resolve().is_relative_to(assets):
+        raise CLIError(f"{flag} {path} is a shipped asset in {assets}; pass another path, or add "
+                       "--overwrite-shipped to replace it")

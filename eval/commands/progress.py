@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,10 +17,26 @@ from eval.protocols.streams import StreamItem
 __all__ = ["progress_bar", "BenchProgress"]
 
 
+class _Bar(tqdm):  # type: ignore[misc]  # tqdm has no type information here
+    """A tqdm bar that draws nothing while it has nothing to count (no empty ``0batch`` line)."""
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        """Draw the bar once its total is known; before, or with nothing to do, draw nothing."""
+        if not self.total:
+            return False
+        return bool(super().display(msg, pos))
+
+    def close(self) -> None:
+        """Close the bar; one that never counted anything leaves no line behind."""
+        if not self.total:
+            self.leave = False
+        super().close()
+
+
 def progress_bar(desc: str, unit: str, **kwargs: Any) -> tqdm:
-    """Return a tqdm bar on stderr; outside a terminal it refreshes every 15 s so logs stay short."""
+    """Return a tqdm bar on stderr, drawn once its total is set; outside a terminal it refreshes every 15 s."""
     interactive = sys.stderr.isatty()
-    return tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+    return _Bar(total=0, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
                 mininterval=0.2 if interactive else 15.0, **kwargs)
 
 
@@ -53,8 +69,10 @@ class BenchProgress:
         self._local = False  # batches run in this process (then cells need no accounting)
         self._remote: dict[WorkUnit, int] = {}  # batches of the cells of units that run elsewhere
 
-    def start(self, total: int, stored: int, *, where: str = "") -> None:
-        """Set the number of batches to run; say how many cells a resumed run skips."""
+    def start(self, total: int, stored: int, *, where: str = "", methods: Sequence[str] = ()) -> None:
+        """Set the number of batches to run and name the methods; say how many cells a resumed run skips."""
+        if methods:
+            self._name(",".join(methods))
         self.bar.reset(total=total)
         if stored:
             self.bar.write(f"resuming: {stored} cell(s) already in {where or 'the results store'}, not recomputed",
@@ -83,6 +101,7 @@ class BenchProgress:
 
     def cell(self, cell: FinishedCell, batches: int) -> None:
         """Account for a stored cell of ``batches`` batches; one that ran elsewhere advances the bar now."""
+        self._name(cell.unit.method)
         if self._local:  # its batches were counted one by one
             return
         self._remote[cell.unit] = self._remote.get(cell.unit, 0) + batches
@@ -102,6 +121,10 @@ class BenchProgress:
             rate = stats.n / stats.seconds if stats.seconds > 0 else float("nan")
             self._postfix(f"{outcome.unit.method}/{domain}", "done", stats.error, rate)
             self.bar.refresh()
+
+    def _name(self, method: str) -> None:
+        """Show ``method`` (the one whose cells were last reported) in the bar's description."""
+        self.bar.set_description_str(f"bench {method}", refresh=False)
 
     def _postfix(self, domain: str, batch: str, error: float, rate: float) -> None:
         shown = "–" if rate != rate else f"{rate:,.0f}"  # NaN: no time measured yet

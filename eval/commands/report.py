@@ -1,16 +1,21 @@
-"""``tta report``: render tables (markdown with mCE, CSV, JSON) and PNG plots from a results store."""
+"""``tta report``: render tables (Markdown with mCE where it applies, LaTeX, CSV, JSON) and figures from a results
+store."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from eval.commands.bench import DEFAULT_RESULTS
 from eval.commands.errors import CLIError
 from eval.commands.paths import check_output_file
-from eval.results.report import markdown_report, plot_error_over_domains, plot_errors, plot_protocols, protocol_table
+from eval.commands.help import show_defaults
+from eval.results.report import (latex_report, markdown_report, plot_error_over_domains, plot_errors, plot_protocols,
+                                 protocol_table)
 from eval.results.records import METRICS, Record
-from eval.results.tables import Results
+from eval.results.tables import METRIC_LABELS, Results
 from eval.results.store import ResultsStore
 
 NAME = "report"
@@ -22,17 +27,22 @@ PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the store, filters and output flags."""
+    show_defaults(p)
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="SQLite results store")
-    p.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    p.add_argument("--format", choices=["md", "tex", "csv", "json"], default="md",
+                   help="output format: md (Markdown tables), tex (LaTeX tables, booktabs), csv or json (the records)")
     p.add_argument("--metric", choices=list(METRICS), default="error",
-                   help="markdown table value: error, ece, nll, seconds, peak_memory_mb or images_per_second")
+                   help="value of the tables and figures: error, ece, nll, seconds, peak_memory_mb or "
+                        "images_per_second")
     p.add_argument("--by-protocol", action="store_true",
-                   help="markdown: one row per method, one column per protocol (mean error over its cells)")
+                   help="one row per method, one column per protocol (mean over its corrupted domains)")
+    figure = "(PNG, PDF or SVG, chosen by the extension)"
     p.add_argument("--plot-protocols", type=Path, default=None,
-                   help="write a PNG bar chart of mean error per protocol and method")
-    p.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of error per domain and method")
+                   help=f"write a bar chart of the mean per protocol and method {figure}")
+    p.add_argument("--plot", type=Path, default=None,
+                   help=f"write a bar chart of the metric per domain and its mean, per method {figure}")
     p.add_argument("--plot-stream", type=Path, default=None,
-                   help="write a PNG line plot of error along the stream (continual protocols)")
+                   help=f"write a line plot of the metric along the stream (continual protocols) {figure}")
     for name in _FILTERS:
         kind = int if name in ("severity", "seed", "batch_size") else str
         what = "stored dataset id (e.g. fmnist-c/corruptions-v2)" if name == "dataset" else name
@@ -67,18 +77,39 @@ def run(args: argparse.Namespace) -> int:
         stored = store.records() if not results else []
     if not results:
         raise CLIError(f"no records in {args.results} match {filters or 'anything'}{_stored_values(stored, filters)}")
-    if args.by_protocol:
-        markdown = lambda: protocol_table(results)  # noqa: E731
-    elif args.metric != "error":
-        markdown = lambda: results.to_markdown(args.metric)  # noqa: E731
-    else:
-        markdown = lambda: markdown_report(results)  # noqa: E731
-    text = {"md": markdown, "csv": results.to_csv, "json": results.to_json}[args.format]()
-    print(text)
+    _print(_text(results, args))
+    label = METRIC_LABELS[args.metric]
     if args.plot is not None:
-        plot_errors(results, args.plot, title=f"error per domain ({args.results.name})")
+        plot_errors(results, args.plot, metric=args.metric, title=f"{label} per domain")
     if args.plot_protocols is not None:
-        plot_protocols(results, args.plot_protocols, title="mean error per protocol")
+        plot_protocols(results, args.plot_protocols, metric=args.metric, title=f"mean {label} per protocol")
     if args.plot_stream is not None:
-        plot_error_over_domains(results, args.plot_stream, title="error along the stream")
+        plot_error_over_domains(results, args.plot_stream, metric=args.metric, title=f"{label} along the stream")
     return 0
+
+
+def _text(results: Results, args: argparse.Namespace) -> str:
+    """Return the report's text in the chosen format: the tables (md/tex) or the records (csv/json)."""
+    if args.format == "csv":
+        return results.to_csv()
+    if args.format == "json":
+        return results.to_json()
+    if args.by_protocol:
+        return protocol_table(results, args.metric, args.format)
+    return (latex_report if args.format == "tex" else markdown_report)(results, args.metric)
+
+
+def _print(text: str) -> None:
+    """Print ``text``; a reader that closed the pipe early (``tta report | head``) ends the output quietly.
+
+    Standard output is then pointed at the null device, so the interpreter's final flush does not fail
+    again; the figures asked for are still written.
+    """
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # no file descriptor behind sys.stdout
+            pass

@@ -131,6 +131,10 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray | Tensor) -> Path:
     return path
 
 
+_TORCHVISION_SUBFOLDERS = (Path("FashionMNIST", "raw"), Path("raw"))
+"""Where torchvision's ``FashionMNIST(root)`` keeps the IDX files below ``root`` (or below ``root/FashionMNIST``)."""
+
+
 def _find_file(root: Path, stem: str) -> Path | None:
     for candidate in (root / f"{stem}.gz", root / stem):
         if candidate.is_file():
@@ -141,7 +145,8 @@ def _find_file(root: Path, stem: str) -> Path | None:
 def _missing_message(root: Path, source: str, missing: list[str]) -> str:
     names = ", ".join(f"{stem}[.gz]" for stem in missing)
     return (
-        f"Fashion-MNIST files not found in {root} (taken from {source}): missing {names}. "
+        f"Fashion-MNIST files not found in {root} nor in its FashionMNIST/raw/ (torchvision's layout; "
+        f"{root} taken from {source}): missing {names}. "
         f"Places looked at, in order: the data_root argument / --data-root, the {FASHION_MNIST_ENV} "
         f"environment variable, then {DEBIAN_FASHION_MNIST}. Fix: pass --data-root DIR, set "
         f"{FASHION_MNIST_ENV}=DIR, or `apt-get install dataset-fashion-mnist`."
@@ -154,7 +159,9 @@ def resolve_fashion_mnist_root(
     """Return the folder holding the Fashion-MNIST IDX files.
 
     The folder is ``data_root`` if given, else ``$TTA_FASHION_MNIST`` if set, else
-    :data:`DEBIAN_FASHION_MNIST`. It is not searched further once chosen.
+    :data:`DEBIAN_FASHION_MNIST`. The files are taken from that folder, else from torchvision's
+    layout below it (``FashionMNIST/raw/``, or ``raw/`` when it is torchvision's ``FashionMNIST``
+    folder); it is not searched further.
 
     Args:
         data_root: An explicit folder (``--data-root``).
@@ -173,10 +180,12 @@ def resolve_fashion_mnist_root(
         root, source = Path(os.environ[FASHION_MNIST_ENV]), f"${FASHION_MNIST_ENV}"
     else:
         root, source = DEBIAN_FASHION_MNIST, "the Debian default"
-    missing = [stem for split in splits for stem in FASHION_MNIST_FILES[split] if _find_file(root, stem) is None]
-    if missing:
-        raise FileNotFoundError(_missing_message(root, source, missing))
-    return root
+    stems = [stem for split in splits for stem in FASHION_MNIST_FILES[split]]
+    for folder in (root, *(root / sub for sub in _TORCHVISION_SUBFOLDERS)):
+        if all(_find_file(folder, stem) is not None for stem in stems):
+            return folder
+    missing = [stem for stem in stems if _find_file(root, stem) is None]
+    raise FileNotFoundError(_missing_message(root, source, missing))
 
 
 def load_fashion_mnist(split: Split, data_root: str | os.PathLike[str] | None = None) -> tuple[Tensor, Tensor]:

@@ -5,7 +5,8 @@ with every result: ``res256crop224`` (resize 256, center-crop 224: the RobustBen
 evaluation) or ``none`` (the stored 224 x 224 images as they are).
 
 :func:`check_folder_root` lists every problem of the selected images before any work: missing
-folders, class folders that differ between domains or outnumber the model's classes, images whose
+folders, class folders that differ between domains, outnumber the model's classes, or (without a
+``--classes`` list of the model's class names) number fewer than them, images whose
 header does not parse (PIL ``Image.open``: every JPEG marker up to the start of the scan) or that are
 cut short (a JPEG without its end-of-image marker ``FF D9`` in its last 1 KiB; other formats through
 PIL's ``verify``), and, with ``--preprocess none``, images whose sizes differ. The pixel data is not
@@ -31,7 +32,7 @@ from torchvision import transforms
 from eval.domains import Domain
 
 __all__ = ["Preprocess", "ImageFolderDomain", "check_folder_root", "class_folders", "list_images",
-           "preprocess_transform"]
+           "preprocess_transform", "read_class_list"]
 
 Preprocess = Literal["res256crop224", "none"]
 _EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -75,6 +76,7 @@ def check_folder_root(
     subset_file: str | os.PathLike[str] | None = None,
     preprocess: Preprocess | None = None,
     num_classes: int | None = None,
+    classes: str | os.PathLike[str] | None = None,
 ) -> None:
     """Check the folders and every selected image of ``domains`` before any work (see the module docstring).
 
@@ -83,7 +85,10 @@ def check_folder_root(
         domains: The domains that will be read.
         per_class, subset_file: The selection of :func:`list_images`; only selected images are checked.
         preprocess: With ``none`` the images are batched as stored, so they must share one size.
-        num_classes: When known, the model's classes: more class folders would give labels it cannot predict.
+        num_classes: When known, the model's classes: more class folders would give labels it cannot predict,
+            fewer would shift every label after a missing class unless ``classes`` lists them.
+        classes: A text file of the model's class names (wnids), one a line in its class order: labels are
+            indices in it, so the folders may hold any of its classes; every folder must be named in it.
 
     Raises:
         FileNotFoundError: Listing every missing or empty domain folder.
@@ -91,18 +96,18 @@ def check_folder_root(
     """
     root = Path(root)
     _missing_folders(root, domains)
+    names = read_class_list(classes, num_classes) if classes is not None else None
     problems: list[str] = []
     reference: tuple[Domain, list[str]] | None = None
     items: list[Path] = []
     for domain in domains:
         folder = domain_dir(root, domain)
-        classes = class_folders(folder)
-        if num_classes is not None and len(classes) > num_classes:
-            problems.append(f"{folder} has {len(classes)} class folders but the model has {num_classes} classes")
+        found = class_folders(folder)
+        problems += _class_count_problems(folder, found, num_classes, names, classes)
         if reference is None:
-            reference = (domain, classes)
-        elif classes != reference[1]:
-            extra = sorted(set(classes) ^ set(reference[1]))[:5]
+            reference = (domain, found)
+        elif found != reference[1]:
+            extra = sorted(set(found) ^ set(reference[1]))[:5]
             problems.append(f"{folder}: class folders differ from those of {domain_dir(root, reference[0])} "
                             f"(e.g. {', '.join(extra) or 'their order'}), so class indices would not match")
         items += [path for path, _ in list_images(folder, per_class=per_class,
@@ -110,6 +115,42 @@ def check_folder_root(
     problems += _image_problems(items, preprocess)
     if problems:
         raise ValueError(f"ImageNet-C layout under {root}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+
+
+def read_class_list(path: str | os.PathLike[str], num_classes: int | None = None) -> list[str]:
+    """Return the class names of a ``--classes`` file (one wnid a line, the model's class order).
+
+    Raises:
+        OSError: If the file cannot be read.
+        ValueError: If it is empty, repeats a name, or (``num_classes`` given) lists another number of classes.
+    """
+    try:
+        names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise OSError(f"--classes {path}: cannot read the class list ({error})") from None
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)[:5]
+    if not names or repeated:
+        raise ValueError(f"--classes {path}: expected one class name (wnid) a line, each once; "
+                         + (f"{', '.join(repeated)} repeated" if repeated else "the file is empty"))
+    if num_classes is not None and len(names) != num_classes:
+        raise ValueError(f"--classes {path} lists {len(names)} class names but the model has {num_classes} "
+                         "classes; list all of the model's classes in its output order")
+    return names
+
+
+def _class_count_problems(folder: Path, found: Sequence[str], num_classes: int | None, names: Sequence[str] | None,
+                          classes: str | os.PathLike[str] | None) -> list[str]:
+    """Return the problems of one domain's class folders against the model's classes or the class list."""
+    if names is not None:
+        unknown = [name for name in found if name not in set(names)]
+        return [f"{folder}: class folder(s) {', '.join(unknown[:5])} not in --classes {classes}"] if unknown else []
+    if num_classes is None or len(found) == num_classes:
+        return []
+    if len(found) > num_classes:
+        return [f"{folder} has {len(found)} class folders but the model has {num_classes} classes"]
+    return [(f"{folder} has {len(found)} class folders but the model has {num_classes} classes: labels are the sorted "
+             "folder index, so a missing class shifts every later label; pass --classes FILE (the model's class "
+             "names, one wnid a line in its output order) to evaluate a subset of classes")]
 
 
 def _image_problems(paths: Sequence[Path], preprocess: Preprocess | None) -> list[str]:
@@ -156,7 +197,8 @@ def class_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir())
 
 
-def list_images(folder: Path, *, per_class: int | None = None, subset_file: Path | None = None) -> list[tuple[Path, int]]:
+def list_images(folder: Path, *, per_class: int | None = None, subset_file: Path | None = None,
+                class_names: Sequence[str] | None = None) -> list[tuple[Path, int]]:
     """Return ``(path, class index)`` pairs in sorted order, optionally a subset.
 
     Args:
@@ -164,8 +206,11 @@ def list_images(folder: Path, *, per_class: int | None = None, subset_file: Path
         per_class: Keep the first ``per_class`` images of each class (5 gives a 5,000-image subset).
         subset_file: A text file of ``<wnid>/<image>`` lines to keep (e.g. RobustBench's 5,000 ids);
             overrides ``per_class``.
+        class_names: The model's classes in order (``--classes``): a folder's label is its index there
+            rather than its sorted position (checked by :func:`check_folder_root`).
     """
     classes = class_folders(folder)
+    index_of = {name: i for i, name in enumerate(class_names)} if class_names is not None else None
     wanted = None
     if subset_file is not None:
         wanted = {line.strip() for line in Path(subset_file).read_text().splitlines() if line.strip()}
@@ -176,7 +221,7 @@ def list_images(folder: Path, *, per_class: int | None = None, subset_file: Path
             files = [f for f in files if f"{wnid}/{f.name}" in wanted]
         elif per_class is not None:
             files = files[:per_class]
-        items += [(f, index) for f in files]
+        items += [(f, index if index_of is None else index_of[wnid]) for f in files]
     return items
 
 
@@ -189,6 +234,7 @@ class ImageFolderDomain(Dataset[tuple[Tensor, Tensor]]):
         preprocess: ``res256crop224`` or ``none``.
         per_class: Keep only the first ``per_class`` images of each class (5 -> 5,000 images).
         subset_file: A list of ``<wnid>/<image>`` to keep instead.
+        classes: A ``--classes`` file: labels are indices in it (see :func:`check_folder_root`).
     """
 
     def __init__(
@@ -199,12 +245,14 @@ class ImageFolderDomain(Dataset[tuple[Tensor, Tensor]]):
         preprocess: Preprocess = "res256crop224",
         per_class: int | None = None,
         subset_file: str | os.PathLike[str] | None = None,
+        classes: str | os.PathLike[str] | None = None,
     ) -> None:
         _missing_folders(Path(root), [domain])  # the images are checked by check_folder_root, once per run
         self.domain = domain
         self.transform = preprocess_transform(preprocess)
         self.items = list_images(domain_dir(Path(root), domain), per_class=per_class,
-                                 subset_file=Path(subset_file) if subset_file else None)
+                                 subset_file=Path(subset_file) if subset_file else None,
+                                 class_names=read_class_list(classes) if classes is not None else None)
         if not self.items:
             raise FileNotFoundError(f"no images found for {domain} under {domain_dir(Path(root), domain)}")
 

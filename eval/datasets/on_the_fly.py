@@ -33,11 +33,11 @@ def batch_seed(seed: int, corruption: str, severity: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") & (2**63 - 1)
 
 
-def _corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator) -> Tensor:
+def _corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator, table: str) -> Tensor:
     # Imported here so datasets stay importable on their own.
     from eval.corruptions import corrupt
 
-    return corrupt(x, name, severity, generator=generator)
+    return corrupt(x, name, severity, generator=generator, table=table)  # type: ignore[arg-type]
 
 
 class CorruptedView:
@@ -52,6 +52,7 @@ class CorruptedView:
         seed: Base seed of the per-batch generators.
         limit: Use only the first ``limit`` examples.
         device: Where batches are built, corrupted and returned.
+        table: Severity constants of :func:`eval.corruptions.corrupt`: ``"auto"``, ``"imagenet"`` or ``"cifar"``.
 
     Raises:
         ValueError: On a bad severity, batch size, limit, or mismatched images and labels.
@@ -74,12 +75,13 @@ class CorruptedView:
         seed: int = 0,
         limit: int | None = None,
         device: torch.device | str = "cpu",
+        table: str = "auto",
     ) -> None:
         self.domain = Domain(corruption, severity)
         _check_data(images, labels, batch_size, limit)
         count = len(images) if limit is None else min(limit, len(images))
         self.images, self.labels = images[:count], labels[:count]
-        self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
+        self.batch_size, self.seed, self.device, self.table = batch_size, seed, torch.device(device), table
 
     @property
     def num_examples(self) -> int:
@@ -113,7 +115,7 @@ class CorruptedView:
             return x, y
         generator = torch.Generator(device=self.device)
         generator.manual_seed(batch_seed(self.seed, self.domain.corruption, self.domain.severity, index))
-        return _corrupt(x, self.domain.corruption, self.domain.severity, generator), y
+        return _corrupt(x, self.domain.corruption, self.domain.severity, generator, self.table), y
 
     def __repr__(self) -> str:
         """Return a summary of the view."""

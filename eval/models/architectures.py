@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from torch import nn
 
 from eval.models.source import with_normalization
+from eval.models.wide_resnet import wrn28_10
 from tta.files import read_torch_file
 
-__all__ = ["ModelSpec", "IMAGENET_MEAN", "IMAGENET_STD", "build_model", "load_weights", "file_digest"]
+__all__ = ["ModelSpec", "SHIPPED", "IMAGENET_MEAN", "IMAGENET_STD", "build_model", "load_weights", "file_digest"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,15 +61,44 @@ def _build_architecture(arch: str, num_classes: int, kwargs: Mapping[str, object
     return model
 
 
+SHIPPED: dict[str, Callable[..., nn.Module]] = {"wrn28_10": wrn28_10}
+"""Architectures shipped here, by ``--model`` name: ``wrn28_10`` is RobustBench's CIFAR ``Standard`` layout."""
+
+
+def _import_factory(arch: str) -> Callable[..., object]:
+    """Return the function ``module:function`` names; the current directory is searched first, like ``python -m``."""
+    module, _, name = arch.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        builder = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"architecture {arch!r}: cannot find function {name!r} in module {module!r} "
+                         f"(searched the current directory and PYTHONPATH): {error}") from error
+    if not callable(builder):
+        kind = type(builder).__name__  # a bad --model value: ValueError, which the CLI reports as one line
+        raise ValueError(f"architecture {arch!r}: {name!r} is a {kind}, expected a function")  # noqa: TRY004
+    return cast(Callable[..., object], builder)
+
+
+def _call_factory(arch: str, num_classes: int, kwargs: Mapping[str, object]) -> object:
+    """Call the user's factory with ``num_classes``; a factory that does not take it is one clear error."""
+    builder = _import_factory(arch)
+    try:
+        inspect.signature(builder).bind(num_classes=num_classes, **kwargs)
+    except TypeError as error:
+        raise ValueError(f"architecture {arch!r}: the factory must accept num_classes={num_classes} as a keyword "
+                         f"argument, e.g. def {arch.partition(':')[2]}(num_classes=10): ... ({error})") from None
+    except ValueError:  # no signature to inspect (some builtins): call it and let it raise
+        pass
+    return builder(num_classes=num_classes, **kwargs)
+
+
 def _call_builder(arch: str, num_classes: int, kwargs: Mapping[str, object]) -> object:
+    if arch in SHIPPED:
+        return SHIPPED[arch](num_classes=num_classes, **kwargs)
     if ":" in arch:  # "package.module:function"
-        module, _, name = arch.partition(":")
-        try:
-            builder = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"architecture {arch!r}: cannot find function {name!r} in module {module!r} "
-                             f"(is the module on PYTHONPATH?): {error}") from error
-        return builder(num_classes=num_classes, **kwargs)
+        return _call_factory(arch, num_classes, kwargs)
     if arch.startswith("timm/"):
         try:
             timm = importlib.import_module("timm")
@@ -78,7 +111,7 @@ def _call_builder(arch: str, num_classes: int, kwargs: Mapping[str, object]) -> 
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
     except ValueError as error:
         raise ValueError(f"unknown architecture {arch!r}: use a torchvision name (resnet50, vit_b_16, ...), "
-                         f"'timm/<name>', or 'module:function' ({error})") from error
+                         f"{' or '.join(SHIPPED)}, 'timm/<name>', or 'module:function' ({error})") from error
 
 
 def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> nn.Module:

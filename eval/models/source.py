@@ -207,10 +207,10 @@ def save_checkpoint(path: str | os.PathLike[str], record: Mapping[str, object]) 
 def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, object]:
     record = read_torch_file(path, map_location=map_location, what="source-model checkpoint")
     if not isinstance(record, dict) or any(key not in record for key in CHECKPOINT_KEYS):
-        found = sorted(record) if isinstance(record, dict) else type(record).__name__
+        found = f"a dict of {len(record)} keys" if isinstance(record, dict) else f"a {type(record).__name__}"
         raise ValueError(
-            f"{path} is not a source-model checkpoint: expected a dict with keys {list(CHECKPOINT_KEYS)}, "
-            f"found {found}; write one with `tta train-source --out {path}`"
+            f"{path} is not a source-model checkpoint of `tta train-source` (found {found}); "
+            "for another model pass --model ARCH --weights FILE"
         )
     return record
 

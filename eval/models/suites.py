@@ -22,6 +22,7 @@ from eval.models.architectures import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, bu
 from eval.corruptions import ENGINE_VERSION
 from eval.datasets import CorruptedView, load_fashion_mnist
 from eval.datasets.cifar_clean import CifarCleanTest, find_clean_cifar
+from eval.datasets.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from eval.datasets.folder import ImageFolderDomain, Preprocess, check_folder_root
 from eval.datasets.indexed import IndexedLoader, dataset_labels
 from eval.datasets.npy import NpyCorruptionDomain, check_npy_root
@@ -31,13 +32,27 @@ from eval.models.source import DEFAULT_CHECKPOINT, load_source_model
 from tta.base import Need
 from tta.registry import get_adapter_class
 
-__all__ = ["DATASETS", "SuiteSpec", "Suite", "open_suite", "model_id"]
+__all__ = ["DATASETS", "SEVERITY_TABLES", "SUITE_SETTINGS", "SuiteSpec", "Suite", "normalization", "open_suite",
+           "model_id", "used_settings"]
 
 DatasetName = Literal["fmnist-c", "cifar10-c", "cifar100-c", "imagenet-c"]
 DATASETS: tuple[str, ...] = ("fmnist-c", "cifar10-c", "cifar100-c", "imagenet-c")
 _CLASSES = {"cifar10-c": 10, "cifar100-c": 100, "imagenet-c": 1000}
-# CIFAR statistics of the RobustBench-style models; pass --mean/--std for others.
-_CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+# RobustBench's CIFAR models (e.g. the Standard WideResNet-28-10) take unnormalized [0, 1] inputs;
+# torchvision's ImageNet models expect the ImageNet statistics. Pass --mean/--std for other models.
+_DEFAULT_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10-c": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), "cifar100-c": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    "imagenet-c": (IMAGENET_MEAN, IMAGENET_STD),
+}
+SEVERITY_TABLES: tuple[str, ...] = ("cifar", "imagenet")
+"""Severity constants ``fmnist-c`` can corrupt with (:mod:`eval.corruptions`); the first is the default."""
+_ON_DISK = ("data_root", "arch", "weights", "mean", "std", "num_workers", "source_data")
+SUITE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "fmnist-c": ("data_root", "checkpoint", "severity_table", "source_data"),
+    "cifar10-c": _ON_DISK, "cifar100-c": _ON_DISK,
+    "imagenet-c": (*_ON_DISK, "preprocess", "per_class", "subset_file", "classes"),
+}
+"""The :class:`SuiteSpec` fields each dataset uses; the others are refused by ``tta bench`` and not recorded."""
 
 Loader = Iterable[tuple[Tensor, Tensor]]
 
@@ -60,13 +75,39 @@ class SuiteSpec:
     source_data: Path | None = None
     """Where the source (training) split is, for methods that need source data; ``None``: the suite's default
     (:mod:`eval.datasets.source_split`)."""
+    classes: Path | None = None
+    """``imagenet-c``: the model's class names, one wnid a line in its output order; labels are indices in it."""
+    severity_table: str = "cifar"
+    """``fmnist-c``: the severity constants, CIFAR-10-C's (the default) or ImageNet-C's (see :data:`SEVERITY_TABLES`)."""
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
+        if self.severity_table not in SEVERITY_TABLES:
+            raise ValueError(f"unknown severity table {self.severity_table!r}; choose one of {list(SEVERITY_TABLES)}")
         if self.dataset != "fmnist-c" and (self.data_root is None or self.arch is None or self.weights is None):
             raise ValueError(f"{self.dataset} needs --data-root (the corrupted data), --model (an architecture "
                              "name such as resnet50) and --weights (a local state_dict file)")
+
+
+def used_settings(spec: SuiteSpec) -> dict[str, object]:
+    """Return the dataset and the settings of ``spec`` it uses (:data:`SUITE_SETTINGS`), with the normalization resolved."""
+    settings: dict[str, object] = {"dataset": spec.dataset}
+    settings.update({name: getattr(spec, name) for name in SUITE_SETTINGS[spec.dataset]})
+    if spec.dataset != "fmnist-c":
+        settings["mean"], settings["std"] = normalization(spec)
+    return settings
+
+
+def normalization(spec: SuiteSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Return the ``(mean, std)`` put inside an on-disk suite's model: ``--mean/--std``, else the dataset's default.
+
+    The embedded ``fmnist-c`` model carries its own (Fashion-MNIST's statistics).
+    """
+    if spec.dataset == "fmnist-c":
+        return FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    mean, std = _DEFAULT_NORMALIZATION[spec.dataset]
+    return spec.mean or mean, spec.std or std
 
 
 def model_id(checkpoint: Path) -> str:
@@ -109,7 +150,7 @@ class Suite:
         elif self.spec.dataset == "imagenet-c":
             check_folder_root(root, [d for d in domains if d.corruption != "clean"],  # type: ignore[arg-type]
                               per_class=self.spec.per_class, subset_file=self.spec.subset_file,
-                              preprocess=self.spec.preprocess, num_classes=classes)
+                              preprocess=self.spec.preprocess, num_classes=classes, classes=self.spec.classes)
         else:
             self._fashion_mnist()
 
@@ -121,7 +162,8 @@ class Suite:
     def _dataset(self, domain: Domain, limit: int | None) -> Dataset[tuple[Tensor, Tensor]]:
         if self.spec.dataset == "imagenet-c":
             return ImageFolderDomain(self.spec.data_root, domain, preprocess=self.spec.preprocess,  # type: ignore[arg-type]
-                                     per_class=self.spec.per_class, subset_file=self.spec.subset_file)
+                                     per_class=self.spec.per_class, subset_file=self.spec.subset_file,
+                                     classes=self.spec.classes)
         if domain.corruption == "clean":
             path = find_clean_cifar(self.spec.data_root, self.spec.dataset)  # type: ignore[arg-type]
             return CifarCleanTest(path, self.spec.dataset, limit=limit)
@@ -132,7 +174,7 @@ class Suite:
         if self.spec.dataset == "fmnist-c":
             images, labels = self._fashion_mnist()
             return CorruptedView(images, labels, domain.corruption, domain.severity, batch_size=batch_size,
-                                 seed=seed, limit=limit, device=device)
+                                 seed=seed, limit=limit, device=device, table=self.spec.severity_table)
         dataset = self._dataset(domain, limit)
         if limit is not None and len(dataset) > limit:  # type: ignore[arg-type]
             dataset = torch.utils.data.Subset(dataset, range(limit))
@@ -178,7 +220,9 @@ def _suite_name(spec: SuiteSpec) -> str:
         subset = spec.subset_file.name if spec.subset_file else (f"{spec.per_class}perclass" if spec.per_class else "full")
         return f"imagenet-c/{spec.preprocess}/{subset}"
     if spec.dataset == "fmnist-c":
-        return f"fmnist-c/corruptions-v{ENGINE_VERSION}"
+        # the default (CIFAR-10-C's table) keeps the id of the stores written before the choice existed
+        table = "" if spec.severity_table == SEVERITY_TABLES[0] else f"/{spec.severity_table}-table"
+        return f"fmnist-c/corruptions-v{ENGINE_VERSION}{table}"
     return spec.dataset
 
 
@@ -186,9 +230,9 @@ def open_suite(spec: SuiteSpec) -> Suite:
     """Build the suite's source model (eval mode, inputs in [0, 1]) and return the opened suite."""
     if spec.dataset == "fmnist-c":
         return Suite(spec, _suite_name(spec), load_source_model(spec.checkpoint), model_id(spec.checkpoint))
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if spec.dataset == "imagenet-c" else (_CIFAR_MEAN, _CIFAR_STD)
+    mean, std = normalization(spec)
     model_spec = ModelSpec(spec.arch, spec.weights, num_classes=_CLASSES[spec.dataset],  # type: ignore[arg-type]
-                           mean=spec.mean or mean, std=spec.std or std)
+                           mean=mean, std=std)
     return Suite(spec, _suite_name(spec), build_model(model_spec), model_spec.describe())
 
 

@@ -7,6 +7,7 @@ cannot be indexed is held in memory whole to be re-ordered.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -17,7 +18,18 @@ from eval.datasets.indexed import IndexedLoader
 from eval.domains import Domain
 from eval.protocols.streams import Loaders, StreamItem, iter_batches, sequential_stream
 
-__all__ = ["ClassSorted", "DirichletLabelShift", "class_sorted_order", "dirichlet_order"]
+__all__ = [
+    "DEFAULT_CONCENTRATION",
+    "ClassSorted",
+    "ContinualDirichlet",
+    "DirichletLabelShift",
+    "class_sorted_order",
+    "dirichlet_order",
+    "domain_seed",
+]
+
+DEFAULT_CONCENTRATION = 0.1
+"""The Dirichlet concentration (delta) of NOTE's and RoTTA's benchmarks: long single-class runs."""
 
 
 def _reordered(
@@ -88,6 +100,20 @@ def dirichlet_order(labels: Tensor, concentration: float, seed: int) -> Tensor:
     return torch.cat([chunk[i] for chunk in chunks for i in rng.permutation(len(chunk)).tolist()])
 
 
+def domain_seed(seed: int, domain: Domain) -> int:
+    """Return the seed of ``domain``'s draws in a stream seeded by ``seed``: distinct per domain, fixed by its name.
+
+    Derived from the domain's identity rather than its position, so a stream resumed at a later domain
+    draws that domain's order as the whole stream did.
+
+    Example:
+        >>> domain_seed(0, Domain("fog", 5)) == domain_seed(0, Domain("fog", 5)) != domain_seed(0, Domain("fog", 4))
+        True
+    """
+    entropy = [seed, zlib.crc32(f"{domain.corruption}/{domain.severity}".encode())]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
 class ClassSorted:
     """Class-sorted (non-i.i.d.) protocol: each domain's samples arrive sorted by label.
 
@@ -133,9 +159,10 @@ class DirichletLabelShift:
     name: str = "dirichlet"
     contiguous: bool = True
 
-    def __init__(self, concentration: float = 0.1, seed: int = 0, *, reset_each_domain: bool = True) -> None:
-        if concentration <= 0:
-            raise ValueError(f"concentration must be > 0, got {concentration}")
+    def __init__(self, concentration: float = DEFAULT_CONCENTRATION, seed: int = 0, *,
+                 reset_each_domain: bool = True) -> None:
+        if not concentration > 0 or concentration == float("inf"):
+            raise ValueError(f"concentration must be a finite number > 0, got {concentration}")
         self.concentration, self.seed, self.reset_each_domain = concentration, seed, reset_each_domain
 
     @property
@@ -152,3 +179,36 @@ class DirichletLabelShift:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(concentration={self.concentration}, seed={self.seed}, "
                 f"reset_each_domain={self.reset_each_domain})")
+
+
+class ContinualDirichlet(DirichletLabelShift):
+    """Continual Dirichlet protocol (RoTTA's practical TTA setting): domains in the given order, one reset.
+
+    Within each domain the samples arrive in a Dirichlet label-clustered order (:func:`dirichlet_order`);
+    the adapter carries its state across domain shifts, so both the domain and the label distribution shift.
+    Each domain draws its own order (:func:`domain_seed`), as RoTTA's one long stream does: with every domain
+    holding the same test images, one shared order would repeat the same label sequence in each domain.
+
+    Args:
+        concentration: Dirichlet concentration (delta); RoTTA uses 0.1.
+        seed: Seeds the draws; the same seed gives the same order.
+
+    Reference:
+        Yuan et al., "Robust Test-Time Adaptation in Dynamic Scenarios", CVPR 2023.
+    """
+
+    name: str = "continual-dirichlet"
+
+    def __init__(self, concentration: float = DEFAULT_CONCENTRATION, seed: int = 0) -> None:
+        super().__init__(concentration, seed, reset_each_domain=False)
+
+    def stream(self, loaders: Loaders) -> Iterator[StreamItem]:
+        """Yield every domain's samples in its own Dirichlet label-clustered order, ``reset`` only first."""
+        def batches(domain: Domain, loader: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
+            seed = domain_seed(self.seed, domain)
+            return _reordered(domain, loader, lambda y: dirichlet_order(y, self.concentration, seed))
+
+        return sequential_stream(loaders, reset_each_domain=False, batches=batches)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(concentration={self.concentration}, seed={self.seed})"

@@ -15,20 +15,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from eval.protocols.domain_order import Continual, Gradual, MixedDomains, MixedSamples, ResetEachDomain
-from eval.protocols.label_shift import ClassSorted, DirichletLabelShift
+from eval.protocols.label_shift import ClassSorted, ContinualDirichlet, DirichletLabelShift
 from eval.protocols.streams import Protocol
 
-__all__ = ["get_protocol", "list_protocols"]
+__all__ = ["CONCENTRATION_PROTOCOLS", "get_protocol", "list_protocols"]
 
 _PROTOCOLS: dict[str, Callable[[], Protocol]] = {
     ResetEachDomain.name: ResetEachDomain,
     Continual.name: Continual,
     ClassSorted.name: ClassSorted,
     DirichletLabelShift.name: DirichletLabelShift,
+    ContinualDirichlet.name: ContinualDirichlet,
     Gradual.name: Gradual,
     MixedDomains.name: MixedDomains,
     MixedSamples.name: MixedSamples,
 }
+_SEEDED = (MixedDomains, MixedSamples, DirichletLabelShift, ContinualDirichlet)
+CONCENTRATION_PROTOCOLS = (DirichletLabelShift.name, ContinualDirichlet.name)
+"""The protocols that take a Dirichlet concentration (``get_protocol(..., concentration=...)``)."""
 
 
 def list_protocols() -> list[str]:
@@ -36,16 +40,19 @@ def list_protocols() -> list[str]:
     return sorted(_PROTOCOLS)
 
 
-def get_protocol(name: str, *, seed: int | None = None) -> Protocol:
+def get_protocol(name: str, *, seed: int | None = None, concentration: float | None = None) -> Protocol:
     """Return a new protocol instance from its name.
 
     Args:
         name: One of :func:`list_protocols`, e.g. ``"episodic"`` or ``"continual"``.
-        seed: Seeds the order of protocols that shuffle (``mixed``, ``mixed-samples``, ``dirichlet``); others
-            ignore it.
+        seed: Seeds the order of protocols that shuffle (``mixed``, ``mixed-samples``, ``dirichlet``,
+            ``continual-dirichlet``); others ignore it.
+        concentration: Dirichlet concentration of the protocols in :data:`CONCENTRATION_PROTOCOLS`; ``None``
+            keeps their default (0.1).
 
     Raises:
-        ValueError: If ``name`` is unknown; the message lists the valid names.
+        ValueError: If ``name`` is unknown (the message lists the valid names), or a concentration is given
+            to a protocol that takes none, or is not a positive number.
 
     Example:
         >>> get_protocol("continual").name
@@ -53,7 +60,11 @@ def get_protocol(name: str, *, seed: int | None = None) -> Protocol:
     """
     if name not in _PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; valid names are: {', '.join(list_protocols())}")
+    if concentration is not None and name not in CONCENTRATION_PROTOCOLS:
+        raise ValueError(f"protocol {name!r} takes no Dirichlet concentration; only "
+                         f"{', '.join(CONCENTRATION_PROTOCOLS)} do")
     factory = _PROTOCOLS[name]
-    if seed is not None and factory in (MixedDomains, MixedSamples, DirichletLabelShift):
-        return factory(seed=seed)
-    return factory()
+    kwargs: dict[str, float] = {} if seed is None or factory not in _SEEDED else {"seed": seed}
+    if concentration is not None:
+        kwargs["concentration"] = concentration
+    return factory(**kwargs)

@@ -135,7 +135,7 @@ def _train_step(state: dict[str, Any], images: Tensor, schedule: NoiseSchedule, 
 
 
 def train_diffusion(
-    out: str | os.PathLike[str] = DEFAULT_DIFFUSION_CHECKPOINT,
+    out: str | os.PathLike[str],
     *,
     data_root: str | os.PathLike[str] | None = None,
     steps: int = 20000,

@@ -41,7 +41,7 @@ def write_fashion_folder(root: Path, *, train: int = 8, test: int = 6, suffix: s
     return root
 
 
-def fake_corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator) -> Tensor:
+def fake_corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator, table: str = "auto") -> Tensor:
     """Stand-in corruption: seeded noise whose size grows with severity."""
     noise = torch.rand(x.shape, generator=generator, device=x.device)
     return (x + 0.1 * severity * noise).clamp(0, 1)

@@ -96,12 +96,12 @@ def test_get_protocol_returns_instances_by_name() -> None:
 
 
 def test_list_protocols_names_every_protocol() -> None:
-    assert list_protocols() == ["class-sorted", "continual", "dirichlet", "episodic", "gradual", "mixed",
-                                "mixed-samples"]
+    assert list_protocols() == ["class-sorted", "continual", "continual-dirichlet", "dirichlet", "episodic",
+                                "gradual", "mixed", "mixed-samples"]
 
 
 def test_get_protocol_unknown_name_lists_valid_names() -> None:
-    valid = "class-sorted, continual, dirichlet, episodic"
+    valid = "class-sorted, continual, continual-dirichlet, dirichlet, episodic"
     with pytest.raises(ValueError, match=f"unknown protocol 'tent'; valid names are: {valid}"):
         get_protocol("tent")
 
@@ -214,3 +214,42 @@ def test_contiguous_and_carries_state_describe_the_stream(name: str) -> None:
     runs = [d for i, d in enumerate(visits) if i == 0 or visits[i - 1] != d]
     assert protocol.contiguous == (len(runs) == len(set(runs)))
     assert protocol.carries_state == (not any(item.reset for item in items[1:]))
+
+
+def _tagged_batches(labels: list[int], tag: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One domain's batches of 4: image ``i`` is filled with ``100 * tag + i``, labels as given."""
+    y = torch.tensor(labels)
+    x = (100 * tag + torch.arange(len(labels), dtype=torch.float32)).view(-1, 1, 1, 1)
+    return [(x[i : i + 4], y[i : i + 4]) for i in range(0, len(labels), 4)]
+
+
+def test_continual_dirichlet_orders_each_domain_by_dirichlet_with_one_reset() -> None:
+    from eval.protocols.label_shift import dirichlet_order, domain_seed
+
+    labels = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2]
+    loaders = {SHOT: _tagged_batches(labels, 1), GAUSSIAN: _tagged_batches(labels, 2), FOG: _tagged_batches(labels, 3)}
+    protocol = get_protocol("continual-dirichlet", seed=3, concentration=0.5)
+    items = list(protocol.stream(loaders))
+    assert [i.domain for i in items] == [SHOT] * 3 + [GAUSSIAN] * 3 + [FOG] * 3  # domains in continual order
+    orders = []
+    for tag, domain in ((1, SHOT), (2, GAUSSIAN), (3, FOG)):
+        order = dirichlet_order(torch.tensor(labels), 0.5, seed=domain_seed(3, domain)).tolist()
+        seen = [int(v) for i in items if i.domain == domain for v in i.x.flatten().tolist()]
+        assert seen == [100 * tag + k for k in order]  # within the domain: the Dirichlet order
+        orders.append(order)
+    assert len({tuple(o) for o in orders}) == 3  # each domain draws its own order, as one long stream would
+    assert [i.reset for i in items] == [True] + [False] * 8  # no reset between domains
+    assert protocol.carries_state and protocol.contiguous
+    # a stream resumed at a later domain gets that domain's same order
+    resumed = [int(v) for i in protocol.stream({FOG: _tagged_batches(labels, 3)}) for v in i.x.flatten().tolist()]
+    assert resumed == [300 + k for k in orders[2]]
+
+
+def test_get_protocol_passes_the_dirichlet_concentration() -> None:
+    assert get_protocol("dirichlet", concentration=0.01).concentration == 0.01  # type: ignore[attr-defined]
+    assert get_protocol("continual-dirichlet").concentration == 0.1  # type: ignore[attr-defined]
+
+
+def test_get_protocol_rejects_a_concentration_for_a_protocol_without_one() -> None:
+    with pytest.raises(ValueError, match="'episodic'.*dirichlet"):
+        get_protocol("episodic", concentration=0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -15,10 +16,12 @@ from eval.models.suites import SuiteSpec
 
 
 def test_metadata_names_versions_device_and_data_settings() -> None:
-    meta = run_metadata(BenchSpec(methods=("source",), suite=SuiteSpec(per_class=5), device="cpu"))
+    meta = run_metadata(BenchSpec(methods=("source",), suite=SuiteSpec(), device="cpu"))
     assert meta["torch"] == torch.__version__
     assert meta["device"] == "cpu" and meta["runtime"] == "torch"
     assert meta["corruption_engine"] == ENGINE_VERSION
-    assert meta["suite"]["per_class"] == 5 and meta["suite"]["dataset"] == "fmnist-c"  # type: ignore[index]
+    assert meta["suite"]["severity_table"] == "cifar" and meta["suite"]["dataset"] == "fmnist-c"  # type: ignore[index]
+    imagenet = SuiteSpec(dataset="imagenet-c", data_root=Path("C"), arch="resnet50", weights=Path("w.pth"), per_class=5)
+    assert run_metadata(BenchSpec(methods=("source",), suite=imagenet))["suite"]["per_class"] == 5  # type: ignore[index]
     assert meta["library"] == tta.__version__
     json.dumps(meta)  # storable as JSON

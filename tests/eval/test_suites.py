@@ -53,8 +53,10 @@ def test_bench_on_cifar_c_layout(cifar_root: Path, weights: Path, tmp_path: Path
 
 
 def _imagenet_c_replica(tmp_path: Path, weights: Path, *, side: int, per_class: int) -> Path:
-    """Write fog-5 of a two-class ImageNet-C replica and a 1000-class tiny model's weights; return the root."""
+    """Write fog-5 of a two-class ImageNet-C replica, a 1000-class tiny model's weights and its class list
+    ``wnids.txt`` next to the root (two folders for a 1000-class model need one); return the root."""
     root = tmp_path / "ImageNet-C"
+    (tmp_path / "wnids.txt").write_text("".join(f"n{i:02d}\n" for i in range(1, 1001)))
     for wnid in ("n01", "n02"):
         (root / "fog" / "5" / wnid).mkdir(parents=True)
         for i in range(per_class):
@@ -67,6 +69,7 @@ def test_bench_on_imagenet_c_layout_with_subset(weights: Path, tmp_path: Path) -
     root = _imagenet_c_replica(tmp_path, weights, side=16, per_class=3)
     args = ["bench", "--dataset", "imagenet-c", "--data-root", str(root), "--model", FACTORY, "--weights",
             str(weights), "--methods", "source", "--corruptions", "fog", "--preprocess", "none", "--per-class", "2",
+            "--classes", str(tmp_path / "wnids.txt"),
             "--batch-size", "4", "--results", str(tmp_path / "r.sqlite")]
     assert main(args) == 0
     with ResultsStore(tmp_path / "r.sqlite") as store:
@@ -147,6 +150,7 @@ def test_dda_on_imagenet_c_layout_with_a_saved_adm_checkpoint(weights: Path, tmp
     save_adm(ADMUNet(config), tmp_path / "adm.pt")
     args = ["bench", "--dataset", "imagenet-c", "--data-root", str(root), "--model", FACTORY, "--weights",
             str(weights), "--methods", "dda", "--corruptions", "fog", "--preprocess", "none", "--batch-size", "4",
+            "--classes", str(tmp_path / "wnids.txt"),
             "--option", f"dda.denoiser={tmp_path / 'adm.pt'}", "--option", "dda.resize=true",
             "--option", "dda.respacing=10", "--option", "dda.start_step=2", "--results", str(tmp_path / "r.sqlite")]
     assert main(args) == 0  # 24-px images projected by a 32-px model and back

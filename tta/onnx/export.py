@@ -44,6 +44,7 @@ from tta.onnx.lame import LameGraph, LameOutput
 from tta.onnx.layers import BatchStatisticsNorm, NormConfig, StatefulGraph, to_batch_statistics
 from tta.onnx.trace import INPUT_NAME, Exporter, annotate, trace
 from tta.base import Exports, TTAMethod
+from tta.guard import CollapseGuard
 from tta.registry import get_adapter_class, list_methods
 
 __all__ = ["ExportMode", "OnnxExport", "OnnxMismatchError", "export_onnx", "EXTRA_HINT"]
@@ -112,8 +113,8 @@ def export_onnx(
 
     Args:
         model: A classifier, or an adapter from :func:`tta.wrap`: its prediction path (``.model``, or
-            what its ``predict`` uses, e.g. CoTTA's teacher) is exported in its current state. Neither
-            is modified.
+            what its ``predict`` uses, e.g. CoTTA's teacher) is exported in its current state; a guarded
+            adapter (``production=True``) exports its method's. Neither is modified.
         f: Destination file path or writable binary file object.
         example: An input batch ``(B, C, H, W)``; it fixes every axis but the batch axis.
         mode: ``frozen``: current statistics and affine parameters folded into an inference graph.
@@ -148,6 +149,8 @@ def export_onnx(
         adapt: their ``adaptive`` graph equals the ``frozen`` one, and a warning is logged.
     """
     require_onnx("onnx", "onnxscript", *(("onnxruntime",) if check else ()))
+    if isinstance(model, CollapseGuard):  # the guard's source copy and policy are not part of the prediction
+        model = model.adapter
     _check_options(model, example, mode, exporter, prior, ema_momentum)
     path = _check_destination(f)
     example = example.detach().to("cpu", torch.float32)

@@ -33,9 +33,12 @@ from eval.bench.executors.base import (
     WorkUnit,
 )
 
-__all__ = ["RayExecutor", "import_ray"]
+__all__ = ["QUIET_INIT", "RayExecutor", "import_ray"]
 
 logger = logging.getLogger(__name__)
+
+QUIET_INIT: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+"""``ray.init`` arguments by default: no worker output forwarded, only Ray's errors logged, no dashboard."""
 
 _POLL_SECONDS = 0.5  # how often the driver reads the finished cells while tasks run
 _SEND_SECONDS = 10.0  # how long a task waits for the driver's queue to take a cell
@@ -85,7 +88,9 @@ class RayExecutor(Executor):
         cpus_per_unit: CPU cores each task reserves (Ray's ``num_cpus``; fractions allowed).
         gpus_per_unit: GPUs each task reserves (Ray's ``num_gpus``; fractions share a GPU).
         max_retries: Times a unit is submitted again after its task's worker died or it raised.
-        init_kwargs: Further keyword arguments of ``ray.init`` when this executor starts Ray.
+        init_kwargs: Further keyword arguments of ``ray.init`` when this executor starts Ray; they override
+            :data:`QUIET_INIT` (Ray's own start-up messages, dashboard and worker output are off by default,
+            so a run's terminal shows the progress bar and the results only).
 
     Raises:
         ValueError: If a resource request is negative or ``cpus_per_unit`` and ``gpus_per_unit`` are both 0.
@@ -102,7 +107,7 @@ class RayExecutor(Executor):
         self.address = address
         self.cpus_per_unit = cpus_per_unit
         self.gpus_per_unit = gpus_per_unit
-        self.init_kwargs = dict(init_kwargs or {})
+        self.init_kwargs = {**QUIET_INIT, **(init_kwargs or {})}
 
     def run(self, work: UnitWork, units: Sequence[WorkUnit], *, on_cell: CellSink,
             on_unit: UnitHook | None = None, on_batch: BatchHook | None = None,
