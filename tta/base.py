@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import threading
@@ -20,12 +21,14 @@ from tta import state
 from tta.checks import (
     Snapshot,
     batch_statistics_advice,
+    building,
     check_against_model,
     check_base_options_once,
     check_batch,
     check_finite_logits,
     check_grad_allowed,
     check_logits,
+    in_builder,
     logits_checked,
     model_errors_explained,
     restore_snapshot,
@@ -33,7 +36,7 @@ from tta.checks import (
     take_snapshot,
 )
 
-__all__ = ["warn_at_caller", "LockedModule", "TTAMethod", "Changes", "Exports", "Need", "CHANGES", "EXPORTS", "NEEDS"]
+__all__ = ["warn_at_caller", "LockedModule", "MethodType", "TTAMethod", "Changes", "Exports", "Need", "CHANGES", "EXPORTS", "NEEDS"]
 
 Changes = Literal["nothing", "statistics", "norm_affine", "all"]
 Exports = Literal["adaptive", "frozen", "none"]
@@ -73,7 +76,27 @@ class LockedModule(nn.Module):
         self._lock = threading.RLock()
 
 
-class TTAMethod(LockedModule):
+class MethodType(type):
+    """The metaclass of methods: ``Tent(model, lr=1e-3)`` builds like ``tta.wrap(model, "tent", lr=1e-3)``.
+
+    Called with the model and options only, a method class runs its ``from_model`` recipe on a copy of
+    the model (``inplace=True``: on the model itself). Called as its builder calls it, with a configured
+    model and optimizer (``Tent(model, optimizer)``), or inside a builder, it constructs as usual.
+    """
+
+    def __call__(cls, model: Any = None, /, *args: Any, **kwargs: Any) -> Any:
+        builder = getattr(cls, "from_model", None)
+        own_builder = getattr(builder, "__func__", None) is not vars(TTAMethod)["from_model"].__func__
+        if args or in_builder() or not own_builder or not isinstance(model, nn.Module):
+            return super().__call__(model, *args, **kwargs)
+        inplace = kwargs.pop("inplace", False)
+        if not isinstance(inplace, bool):
+            raise TypeError(f"inplace must be True or False, got {inplace!r}")
+        with building():  # the builder's own call of the class constructs it
+            return builder(model if inplace else copy.deepcopy(model), **kwargs)  # type: ignore[misc]
+
+
+class TTAMethod(LockedModule, metaclass=MethodType):
     """Base of all methods: ``forward`` predicts and adapts, ``reset`` restores the source state exactly.
 
     Subclasses implement :meth:`adapt_step` (one update on ``x``, returning logits), register their

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from adapters_bn import iter_adaptive
 
-__all__ = ["OptionCheck", "checked_builder", "builder_parts", "check_base_options", "check_bool", "check_choice", "check_input_ndim", "check_int", "check_non_negative", "check_optional_str", "check_positive", "check_probability", "check_real", "batch_statistics_advice", "check_against_model", "check_batch", "check_grad_allowed", "check_finite_logits", "check_logits", "logits_checked", "finite_step_", "options_checked", "check_base_options_once", "model_errors_explained", "rolled_back_on_error", "Snapshot", "Stateful", "take_snapshot", "restore_snapshot"]
+__all__ = ["OptionCheck", "checked_builder", "builder_parts", "check_base_options", "check_bool", "check_choice", "check_input_ndim", "check_int", "check_non_negative", "check_optional_str", "check_positive", "check_probability", "check_real", "batch_statistics_advice", "check_against_model", "check_batch", "check_grad_allowed", "check_finite_logits", "check_logits", "logits_checked", "finite_step_", "options_checked", "building", "in_builder", "check_base_options_once", "model_errors_explained", "rolled_back_on_error", "Snapshot", "Stateful", "take_snapshot", "restore_snapshot"]
 
 
 def _received(value: object) -> str:
@@ -122,14 +122,33 @@ _Builder = TypeVar("_Builder", bound=Callable[..., Any])
 _OPTIONS_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("tta_options_checked", default=False)
 
 
+_BUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("tta_building", default=False)
+
+
 @contextmanager
 def options_checked() -> Iterator[None]:
     """Within the block, a method being built has had all its options checked (by its builder's check)."""
     token = _OPTIONS_CHECKED.set(True)
     try:
-        yield
+        with building():
+            yield
     finally:
         _OPTIONS_CHECKED.reset(token)
+
+
+@contextmanager
+def building() -> Iterator[None]:
+    """Within the block a builder runs: calling a method class constructs it (see ``tta.base.MethodType``)."""
+    token = _BUILDING.set(True)
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
+
+
+def in_builder() -> bool:
+    """Whether a method's builder (``from_model``) is running in this context."""
+    return _BUILDING.get()
 
 
 def check_base_options_once(*, steps: object = 1, episodic: object = False, input_ndim: object = 4) -> None:
@@ -173,10 +192,11 @@ def builder_parts(builder: Callable[..., Any]) -> tuple[OptionCheck | None, Call
     if function is None:
         return None, builder
     check, unchecked = getattr(function, "check_options", None), functools.partial(inspect.unwrap(function), owner)
-    if check is None:
-        return None, unchecked
 
     def build(*args: Any, **kwargs: Any) -> Any:
+        if check is None:  # a builder without a declared check checks what it checks itself
+            with building():
+                return unchecked(*args, **kwargs)
         with options_checked():  # the registry ran ``check`` once before calling this
             return unchecked(*args, **kwargs)
 
