@@ -48,4 +48,4 @@ def test_a_builder_calling_its_class_constructs_it_without_rebuilding() -> None:
 
     for adapter in (tta.Norm(tiny_classifier(), stats="ema", momentum=0.2),
                     tta.wrap(tiny_classifier(), "norm", stats="ema", momentum=0.2)):
-        assert {(layer.stats, layer.momentum) for layer in iter_adaptive(adapter.model)} == {("ema", 0.2)}
+        assert {(layer.stats, layer.momentum) for _, layer in iter_adaptive(adapter.model)} == {("ema", 0.2)}
