@@ -23,7 +23,7 @@ from eval.results.records import Metric, Record
 from eval.results.tables import (METRIC_LABELS, Results, domain_headers, format_mean, markdown_table, mean_and_spread,
                                  row_labels, table_cells, table_samples)
 
-__all__ = ["mce_by_method", "plot_errors", "plot_error_over_domains", "markdown_report", "latex_report",
+__all__ = ["dataset_label", "mce_by_method", "plot_errors", "plot_error_over_domains", "markdown_report", "latex_report",
            "latex_table", "protocol_means", "protocol_table", "plot_protocols", "IMAGENET_C"]
 
 IMAGENET_C = "imagenet-c"
@@ -57,13 +57,26 @@ def mce_by_method(results: Results) -> dict[str, float]:
     return out
 
 
+def dataset_label(dataset: str) -> str:
+    """Return a stored dataset id with what it is where the id alone could mislead.
+
+    ``fmnist-c`` is the Fashion-MNIST test set corrupted on the fly with CIFAR-10-C's severity tables
+    (or ImageNet-C's, ``/imagenet-table``): not Weiss and Tonella's published Fashion-MNIST-C (2022).
+    """
+    if dataset.split("/")[0] == "fmnist-c":
+        table = "ImageNet-C" if dataset.endswith("/imagenet-table") else "CIFAR-10-C"
+        return f"{dataset} (Fashion-MNIST + {table} severities)"
+    return dataset
+
+
 def _caption(results: Results, metric: Metric, what: str) -> str:
     """Return a table's caption: the metric with its unit, and the dataset/protocol when one holds for all rows."""
     parts = [f"{METRIC_LABELS[metric]} {what}"]
     for name in ("dataset", "protocol"):
         values = {getattr(r.key, name) for r in results}
         if len(values) == 1 and not (name == "protocol" and what == "per protocol"):
-            parts.append(f"{name} {values.pop()}")
+            value = values.pop()
+            parts.append(f"{name} {dataset_label(value) if name == 'dataset' else value}")
     return "; ".join(parts)
 
 

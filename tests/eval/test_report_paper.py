@@ -174,3 +174,11 @@ def test_report_plots_follow_metric_and_title_has_no_file_name(tmp_path: Path, c
     text = svg.read_text()
     assert "ECE (%)" in text and "store-name" not in text
     assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_the_embedded_dataset_is_named_for_what_it_is_in_tables() -> None:
+    from eval.results.report import dataset_label
+
+    assert dataset_label("fmnist-c/corruptions-v2") == "fmnist-c/corruptions-v2 (Fashion-MNIST + CIFAR-10-C severities)"
+    assert dataset_label("fmnist-c/corruptions-v2/imagenet-table").endswith("(Fashion-MNIST + ImageNet-C severities)")
+    assert dataset_label("cifar10-c") == "cifar10-c"
