@@ -109,11 +109,16 @@ def run(args: argparse.Namespace) -> int:
     """Build the adapter, optionally adapt it, export and verify; print what was written."""
     import tta
     from eval.bench.spec import check_seed
+    from tta.registry import import_methods
     check_seed(args.seed)
     if args.adapt_on is not None and args.mode != "frozen":
         raise CLIError("--adapt-on adapts in PyTorch before a frozen export; an adaptive graph adapts on the device")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        import_methods([args.method])  # a module:Class method or an installed entry point
+    except ValueError as error:
+        raise CLIError(str(error)) from error
     if args.method not in tta.list_methods():
         raise CLIError(f"unknown method {args.method!r}; available: {tta.list_methods()}")
     check_output_file(args.out, "--out")

@@ -100,3 +100,12 @@ def test_list_shows_entry_point_methods(outside, monkeypatch, capsys) -> None:  
     assert main(["list"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if "scaled_listed" in line)
     assert "scale=2.0" in line
+
+
+def test_export_resolves_a_method_outside_the_package(outside, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``tta export --method module:Class`` imports the method; its declaration (exports='none') then refuses it."""
+    assert main(["export", "--method", "no_such_module_xyz:Method", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
+    assert main(["export", "--method", f"{MODULE}:Scaled", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method" not in err and not (tmp_path / "m.onnx").exists()
