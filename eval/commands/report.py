@@ -4,14 +4,13 @@ store."""
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 from eval.commands.bench import DEFAULT_RESULTS
 from eval.commands.errors import CLIError
 from eval.commands.paths import check_output_file
 from eval.commands.help import show_defaults
+from eval.commands.output import print_output
 from eval.results.report import (latex_report, markdown_report, plot_error_over_domains, plot_errors, plot_protocols,
                                  protocol_table)
 from eval.results.records import METRICS, Record
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         stored = store.records() if not results else []
     if not results:
         raise CLIError(f"no records in {args.results} match {filters or 'anything'}{_stored_values(stored, filters)}")
-    _print(_text(results, args))
+    print_output(_text(results, args))
     label = METRIC_LABELS[args.metric]
     if args.plot is not None:
         plot_errors(results, args.plot, metric=args.metric, title=f"{label} per domain")
@@ -99,17 +98,3 @@ def _text(results: Results, args: argparse.Namespace) -> str:
     return (latex_report if args.format == "tex" else markdown_report)(results, args.metric)
 
 
-def _print(text: str) -> None:
-    """Print ``text``; a reader that closed the pipe early (``tta report | head``) ends the output quietly.
-
-    Standard output is then pointed at the null device, so the interpreter's final flush does not fail
-    again; the figures asked for are still written.
-    """
-    try:
-        print(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):  # no file descriptor behind sys.stdout
-            pass
