@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import sys
 import threading
@@ -80,9 +81,16 @@ class MethodType(type):
     """The metaclass of methods: ``Tent(model, lr=1e-3)`` builds like ``tta.wrap(model, "tent", lr=1e-3)``.
 
     Called with the model and options only, a method class runs its ``from_model`` recipe on a copy of
-    the model (``inplace=True``: on the model itself). Called as its builder calls it, with a configured
-    model and optimizer (``Tent(model, optimizer)``), or inside a builder, it constructs as usual.
+    the model (``inplace=True``: on the model itself). Called with a configured model and optimizer
+    (``Tent(model, optimizer)``), or from inside any ``from_model`` (every class's builder runs within
+    :func:`tta.checks.building`), it constructs as usual.
     """
+
+    def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(name, bases, namespace, **kwargs)
+        builder = namespace.get("from_model")
+        if isinstance(builder, classmethod):
+            cls.from_model = classmethod(_while_building(builder.__func__))
 
     def __call__(cls, model: Any = None, /, *args: Any, **kwargs: Any) -> Any:
         builder = getattr(cls, "from_model", None)
@@ -92,8 +100,18 @@ class MethodType(type):
         inplace = kwargs.pop("inplace", False)
         if not isinstance(inplace, bool):
             raise TypeError(f"inplace must be True or False, got {inplace!r}")
-        with building():  # the builder's own call of the class constructs it
-            return builder(model if inplace else copy.deepcopy(model), **kwargs)  # type: ignore[misc]
+        return builder(model if inplace else copy.deepcopy(model), **kwargs)  # type: ignore[misc]
+
+
+def _while_building(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Return ``function`` (a ``from_model``) run within :func:`tta.checks.building`: its calls of the class construct."""
+
+    @functools.wraps(function)
+    def build(cls: type, *args: Any, **kwargs: Any) -> Any:
+        with building():
+            return function(cls, *args, **kwargs)
+
+    return build
 
 
 class TTAMethod(LockedModule, metaclass=MethodType):

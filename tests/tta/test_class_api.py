@@ -49,3 +49,32 @@ def test_a_builder_calling_its_class_constructs_it_without_rebuilding() -> None:
     for adapter in (tta.Norm(tiny_classifier(), stats="ema", momentum=0.2),
                     tta.wrap(tiny_classifier(), "norm", stats="ema", momentum=0.2)):
         assert {(layer.stats, layer.momentum) for _, layer in iter_adaptive(adapter.model)} == {("ema", 0.2)}
+
+
+def test_a_builder_without_a_declared_check_still_builds_in_place() -> None:
+    """A user's ``from_model`` that calls ``cls(model, option=...)`` adapts the model it was given, once."""
+    from tta.base import TTAMethod
+
+    class Plain(TTAMethod):
+        changes = "nothing"
+        exports = "none"
+        built = 0
+
+        def __init__(self, model: torch.nn.Module, *, scale: float = 1.0) -> None:
+            super().__init__(model)
+            self.scale = scale
+            self.snapshot()
+
+        def adapt_step(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x) * self.scale
+
+        @classmethod
+        def from_model(cls, model: torch.nn.Module, *, scale: float = 1.0) -> "Plain":
+            cls.built += 1
+            return cls(model, scale=scale)
+
+    model = tiny_classifier()
+    adapter = Plain.from_model(model, scale=2.0)
+    assert adapter.model is model and adapter.scale == 2.0 and Plain.built == 1
+    copied = Plain(model, scale=3.0)  # the class API: a copy, as tta.wrap
+    assert copied.model is not model and copied.scale == 3.0 and Plain.built == 2
