@@ -1,7 +1,7 @@
 """The benchmark from Python: run a grid and get its cells back as records (or a pandas DataFrame).
 
 :func:`run` is ``tta bench`` without the command line: the same spec (:class:`~eval.bench.spec.BenchSpec`),
-the same checks before any work (:func:`~eval.bench.driver.open_bench`), the same driver
+the same checks before any work (:func:`~eval.bench.driver.open_for_executor`), the same driver
 (:func:`~eval.bench.driver.run_seeds`) and the same SQLite store, so a grid run from Python resumes
 from, and is resumed by, the CLI on the same store. Mistakes raise Python exceptions, never exit codes.
 
@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from eval.bench.driver import open_bench, run_seeds
+from eval.bench.driver import open_for_executor, run_seeds
 from eval.bench.executors import Executor, LocalExecutor
 from eval.bench.spec import BenchSpec, for_seeds
 from eval.bench.stream_checkpoints import states_folder
@@ -85,7 +85,7 @@ def run(
     """
     spec = _spec(methods, dataset, corruptions, severities, protocol, seeds, limit, batch_size, options, settings)
     executor = executor if executor is not None else LocalExecutor()
-    opened = open_bench(spec, devices_here=executor.name != "ray")
+    opened = open_for_executor(spec, executor.name)
     if results is None:
         with tempfile.TemporaryDirectory(prefix="tta-api-") as folder, \
                 ResultsStore(Path(folder) / "results.sqlite") as store:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from tta import registry
+from tests.helpers import registered
 from tta.base import Changes, Exports, Need, TTAMethod
-from tta.registry import register_adapter
 from tta.source_data import SourceData, require_source_data, source_batches
 
 SOURCE_METHOD = "test_source_counter"
@@ -42,11 +40,6 @@ class SourceCounter(TTAMethod):
         return cls(model, source_data=source_data)
 
 
-@contextmanager
-def source_method_registered() -> Iterator[str]:
+def source_method_registered() -> AbstractContextManager[str]:
     """Register :class:`SourceCounter` as :data:`SOURCE_METHOD` for the block (the registry has no unregister)."""
-    register_adapter(SOURCE_METHOD)(SourceCounter)
-    try:
-        yield SOURCE_METHOD
-    finally:
-        del registry._REGISTRY[SOURCE_METHOD]
+    return registered(SOURCE_METHOD, SourceCounter)

@@ -34,7 +34,7 @@ from eval.bench.stream_checkpoints import checkpoint_paths, discard, remove_stal
 from eval.models.suites import Suite, open_suite
 
 __all__ = ["IncompleteBench", "OpenedBench", "check_methods", "open_bench", "resolve_methods", "run_bench", "run_seeds",
-           "plan_units"]
+           "plan_units", "open_for_executor"]
 
 
 def plan_units(spec: BenchSpec) -> list[WorkUnit]:
@@ -182,7 +182,7 @@ def run_bench(
         IncompleteBench: After every other unit ran, if some unit failed after all retries.
     """
     executor = executor if executor is not None else LocalExecutor()
-    opened = opened if opened is not None else _open_for(spec, executor)
+    opened = opened if opened is not None else open_for_executor(spec, executor.name)
     suite = opened.suite
     model_name = suite.model_name + ("" if spec.runtime == "torch" else f"+{spec.runtime}")
     keys = {(m, d): _key(spec, suite, model_name, m, d) for m in spec.methods for d in spec.domains}
@@ -249,7 +249,7 @@ def run_seeds(
     """
     specs = for_seeds(spec, seeds)
     executor = executor if executor is not None else LocalExecutor()
-    opened = opened if opened is not None else _open_for(spec, executor)
+    opened = opened if opened is not None else open_for_executor(spec, executor.name)
     results, failures = Results(), []
     for one in specs:
         try:
@@ -263,9 +263,10 @@ def run_seeds(
     return results
 
 
-def _open_for(spec: BenchSpec, executor: Executor) -> OpenedBench:
-    """Open and check ``spec``; its devices are checked here unless the units run on Ray (whose nodes may differ)."""
-    return open_bench(spec, devices_here=executor.name != "ray")
+def open_for_executor(spec: BenchSpec, executor: str) -> OpenedBench:
+    """Open and check ``spec`` for the executor named ``executor``: devices are checked here unless the units
+    run on Ray (whose nodes may differ)."""
+    return open_bench(spec, devices_here=executor != "ray")
 
 
 def _resumable_stream(spec: BenchSpec, unit: WorkUnit) -> bool:

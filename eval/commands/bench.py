@@ -7,26 +7,32 @@ import argparse
 import sys
 from pathlib import Path
 
+from eval.bench.driver import IncompleteBench, OpenedBench, open_for_executor, run_seeds
+from eval.bench.executors import EXECUTORS, Executor, create_executor
+from eval.bench.spec import BenchSpec, for_seeds
+from eval.bench.stream_checkpoints import states_folder
+from eval.commands.errors import CLIError
+from eval.commands.help import show_defaults
+from eval.commands.options import parse_floats, parse_options, split_csv
+from eval.commands.output import print_output
+from eval.commands.paths import check_output_file
+from eval.commands.progress import BenchProgress, progress_bar
+from eval.corruptions import DEFAULT_CORRUPTIONS, list_corruptions
+from eval.datasets.source_split import check_source_data
+from eval.models.source import DEFAULT_CHECKPOINT
+from eval.models.suites import (
+    DATASETS,
+    SEVERITY_TABLES,
+    SUITE_SETTINGS,
+    SuiteSpec,
+    normalization,
+)
+from eval.protocols.registry import list_protocols
+from eval.results.store import ResultsStore
+from eval.results.tables import Results
 from tta.files import write_text_atomically
 from tta.registry import list_methods
 from tta.source_data import uses_source_data
-from eval.bench.spec import BenchSpec, for_seeds
-from eval.bench.driver import IncompleteBench, OpenedBench, open_bench, run_seeds
-from eval.bench.stream_checkpoints import states_folder
-from eval.commands.errors import CLIError
-from eval.commands.options import parse_options, split_csv
-from eval.commands.paths import check_output_file
-from eval.commands.progress import BenchProgress, progress_bar
-from eval.commands.help import show_defaults
-from eval.commands.output import print_output
-from eval.corruptions import DEFAULT_CORRUPTIONS, list_corruptions
-from eval.datasets.source_split import check_source_data
-from eval.bench.executors import EXECUTORS, Executor, create_executor
-from eval.models.source import DEFAULT_CHECKPOINT
-from eval.protocols.registry import list_protocols
-from eval.results.tables import Results
-from eval.results.store import ResultsStore
-from eval.models.suites import DATASETS, SEVERITY_TABLES, SUITE_SETTINGS, SuiteSpec, normalization
 
 NAME = "bench"
 HELP = "score methods on a corruption benchmark (default: fmnist-c, Fashion-MNIST + CIFAR-10-C severities)"
@@ -159,7 +165,7 @@ def build_spec(args: argparse.Namespace) -> BenchSpec:
     )
     online = args.online_cost
     if online not in (None, "auto"):
-        online = _float_tuple(online, "--online-cost")[0]
+        online = parse_floats(online, "--online-cost")[0]
     return BenchSpec(
         methods=tuple(methods), options=parse_options(args.option, methods),
         corruptions=tuple(_corruption_list(args.corruptions)), severities=severities,
@@ -253,14 +259,7 @@ def _check_source_data(spec: BenchSpec) -> None:
 
 
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    return None if text is None else _float_tuple(text, flag)
-
-
-def _float_tuple(text: str, flag: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in split_csv(text))
-    except ValueError:
-        raise CLIError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+    return None if text is None else parse_floats(text, flag)
 
 
 def write_results(results: Results, path: Path) -> None:
@@ -288,7 +287,7 @@ def check_args(args: argparse.Namespace) -> tuple[BenchSpec, OpenedBench]:
     if args.out is not None:
         check_output_file(args.out, "--out", suffixes=OUT_FORMATS)
     # Ray units run on the cluster's nodes, which may have devices this one lacks
-    return spec, open_bench(spec, devices_here=args.executor != "ray")
+    return spec, open_for_executor(spec, args.executor)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +12,7 @@ import pytest
 
 from eval.cli import main
 from tests.eval.grid import stored_rows
-from tests.tta.test_custom_methods import MODULE, write_method_module
-from tta import registry
+from tests.tta.test_custom_methods import MODULE, importable_method_module
 
 METHOD = f"{MODULE}:Scaled"
 RAY = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
@@ -25,18 +23,9 @@ def outside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The example method's module in a folder on ``sys.path`` and ``PYTHONPATH`` (processes started later)."""
     folder = tmp_path / "outside"
     folder.mkdir()
-    write_method_module(folder)
-    # not syspath_prepend: it calls pkg_resources, which another test may have replaced by a stub
-    monkeypatch.setattr(sys, "path", [str(folder), *sys.path])
-    importlib.invalidate_caches()
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
-    before = dict(registry._REGISTRY)
-    try:
+    with importable_method_module(folder, monkeypatch):
         yield folder
-    finally:
-        registry._REGISTRY.clear()
-        registry._REGISTRY.update(before)
-        sys.modules.pop(MODULE, None)
 
 
 @pytest.fixture

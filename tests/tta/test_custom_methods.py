@@ -6,6 +6,7 @@ import importlib
 import importlib.metadata
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,20 +54,27 @@ def write_method_module(folder: Path, name: str = MODULE) -> Path:
     return path
 
 
-@pytest.fixture
-def outside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The example module on ``sys.path``; its registrations and import are undone afterwards."""
-    write_method_module(tmp_path)
+@contextmanager
+def importable_method_module(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The example module written into ``folder`` and importable; its registrations and import undone afterwards."""
+    write_method_module(folder)
     # not syspath_prepend: it calls pkg_resources, which another test may have replaced by a stub
-    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    monkeypatch.setattr(sys, "path", [str(folder), *sys.path])
     importlib.invalidate_caches()
     before = dict(registry._REGISTRY)
     try:
-        yield MODULE
+        yield
     finally:
         registry._REGISTRY.clear()
         registry._REGISTRY.update(before)
         sys.modules.pop(MODULE, None)
+
+
+@pytest.fixture
+def outside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The example module on ``sys.path``, for the block."""
+    with importable_method_module(tmp_path, monkeypatch):
+        yield MODULE
 
 
 def _fake_entry_points(monkeypatch: pytest.MonkeyPatch, **entries: str) -> None:
